@@ -296,7 +296,10 @@ impl GgufFile {
         let mut index = HashMap::with_capacity(header.tensors.len());
         for (i, t) in header.tensors.iter().enumerate() {
             if index.insert(t.name.clone(), i).is_some() {
-                return Err(Error::model(path.display(), format!("tensor {:?} appears twice in the tensor table", t.name)));
+                return Err(Error::model(
+                    path.display(),
+                    format!("tensor {:?} appears twice in the tensor table", t.name),
+                ));
             }
         }
         Ok(GgufFile {
@@ -359,21 +362,18 @@ impl GgufFile {
     /// The raw bytes of a tensor's data.
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
         let bytes = self.bytes();
-        info.offset
-            .checked_add(info.nbytes)
-            .and_then(|end| bytes.get(info.offset..end))
-            .ok_or_else(|| {
-                Error::model(
-                    self.path.display(),
-                    format!(
-                        "tensor {} claims bytes {}..+{} but the file has {} bytes",
-                        info.name,
-                        info.offset,
-                        info.nbytes,
-                        bytes.len()
-                    ),
-                )
-            })
+        info.offset.checked_add(info.nbytes).and_then(|end| bytes.get(info.offset..end)).ok_or_else(|| {
+            Error::model(
+                self.path.display(),
+                format!(
+                    "tensor {} claims bytes {}..+{} but the file has {} bytes",
+                    info.name,
+                    info.offset,
+                    info.nbytes,
+                    bytes.len()
+                ),
+            )
+        })
     }
 
     /// A tensor's values widened to f32 (see `gguf_quant` for the types this can read).
@@ -534,11 +534,21 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     let version = r.u32("version")?;
     match version {
         2 | 3 => {}
-        1 => return Err(Error::model(path.display(), "GGUF version 1 is not supported (re-convert with a current llama.cpp)")),
+        1 => {
+            return Err(Error::model(
+                path.display(),
+                "GGUF version 1 is not supported (re-convert with a current llama.cpp)",
+            ))
+        }
         v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
             return Err(Error::model(path.display(), "big-endian GGUF files are not supported"))
         }
-        v => return Err(Error::model(path.display(), format!("unsupported GGUF version {v} (tessera reads versions 2 and 3)"))),
+        v => {
+            return Err(Error::model(
+                path.display(),
+                format!("unsupported GGUF version {v} (tessera reads versions 2 and 3)"),
+            ))
+        }
     }
     let n_tensors = r.len("tensor count")?;
     let n_kv = r.len("metadata count")?;
@@ -689,11 +699,8 @@ pub(crate) mod testutil {
 
     /// A GGUF v3 image. Tensors are `(name, ne (ggml order), type, data)`.
     pub fn build(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<u64>, GgmlType, Vec<u8>)]) -> Vec<u8> {
-        let align = meta
-            .iter()
-            .find(|(k, _)| *k == "general.alignment")
-            .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(32) as usize;
+        let align =
+            meta.iter().find(|(k, _)| *k == "general.alignment").and_then(|(_, v)| v.as_u64()).unwrap_or(32) as usize;
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -783,10 +790,7 @@ mod tests {
     fn honours_alignment() {
         let img = build(
             &[("general.alignment", MetaValue::U32(64))],
-            &[
-                ("a", vec![1], GgmlType::F32, f32_bytes(&[1.])),
-                ("b", vec![1], GgmlType::F32, f32_bytes(&[2.])),
-            ],
+            &[("a", vec![1], GgmlType::F32, f32_bytes(&[1.])), ("b", vec![1], GgmlType::F32, f32_bytes(&[2.]))],
         );
         let f = GgufFile::from_bytes("mem.gguf", img).unwrap();
         assert_eq!(f.alignment, 64);

@@ -188,10 +188,8 @@ mod tests {
         assert_eq!(dequantize("t", GgmlType::F32, &raw, 2).unwrap(), vec![1.5, -2.0]);
         let raw: Vec<u8> = [h(1.5), h(-0.25)].concat();
         assert_eq!(dequantize("t", GgmlType::F16, &raw, 2).unwrap(), vec![1.5, -0.25]);
-        let raw: Vec<u8> = [half::bf16::from_f32(3.0), half::bf16::from_f32(-0.5)]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let raw: Vec<u8> =
+            [half::bf16::from_f32(3.0), half::bf16::from_f32(-0.5)].iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(dequantize("t", GgmlType::BF16, &raw, 2).unwrap(), vec![3.0, -0.5]);
     }
 

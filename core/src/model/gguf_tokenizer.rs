@@ -20,10 +20,12 @@ mod token_type {
 }
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `tokenizer.ggml.pre` values this module knows, for messages.
-const KNOWN_PRE: &str = "default, gpt-2, smollm, llama3, llama-v3, llama-bpe, smaug-bpe, falcon3, qwen2, deepseek-r1-qwen";
+const KNOWN_PRE: &str =
+    "default, gpt-2, smollm, llama3, llama-v3, llama-bpe, smaug-bpe, falcon3, qwen2, deepseek-r1-qwen";
 
 /// The chat template the file carries (`tokenizer.chat_template`).
 pub fn chat_template_from_gguf(file: &GgufFile) -> Option<String> {
@@ -40,8 +42,9 @@ pub fn add_bos_from_gguf(file: &GgufFile) -> bool {
 /// The tokenizer as a `tokenizers::Tokenizer`.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let json = tokenizer_json_from_gguf(file)?;
-    json.parse::<tokenizers::Tokenizer>()
-        .map_err(|e| Error::model(file.path.display(), format!("the tokenizer rebuilt from GGUF metadata does not load: {e}")))
+    json.parse::<tokenizers::Tokenizer>().map_err(|e| {
+        Error::model(file.path.display(), format!("the tokenizer rebuilt from GGUF metadata does not load: {e}"))
+    })
 }
 
 /// A `tokenizer.json` document equivalent to the GGUF file's tokenizer.
@@ -88,7 +91,10 @@ pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<String> {
         vocab.insert((*t).to_owned(), json!(i));
     }
     if duplicates > 0 {
-        tracing::warn!("{}: {duplicates} tokens of the GGUF vocabulary repeat an earlier token and cannot be produced", file.path.display());
+        tracing::warn!(
+            "{}: {duplicates} tokens of the GGUF vocabulary repeat an earlier token and cannot be produced",
+            file.path.display()
+        );
     }
 
     let mut added = vec![];
@@ -125,7 +131,12 @@ fn split_then_byte_level(regex: &str) -> Value {
     ]})
 }
 
-fn gpt2_tokenizer(file: &GgufFile, ids: &HashMap<&str, u32>, vocab: Map<String, Value>, added: Vec<Value>) -> Result<Value> {
+fn gpt2_tokenizer(
+    file: &GgufFile,
+    ids: &HashMap<&str, u32>,
+    vocab: Map<String, Value>,
+    added: Vec<Value>,
+) -> Result<Value> {
     let bad = |m: String| Error::model(file.path.display(), m);
     let pre_name = file.meta_str("tokenizer.ggml.pre").unwrap_or("default");
     let (pre_tokenizer, normalizer, ignore_merges) = match pre_name {
@@ -138,7 +149,9 @@ fn gpt2_tokenizer(file: &GgufFile, ids: &HashMap<&str, u32>, vocab: Map<String, 
             Value::Null,
             false,
         ),
-        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3" => (split_then_byte_level(LLAMA3_REGEX), Value::Null, true),
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3" => {
+            (split_then_byte_level(LLAMA3_REGEX), Value::Null, true)
+        }
         "qwen2" | "deepseek-r1-qwen" => (split_then_byte_level(QWEN2_REGEX), json!({"type": "NFC"}), false),
         other => {
             return Err(bad(format!(
@@ -200,26 +213,33 @@ fn spm_tokenizer(
         None => return Err(bad("a SentencePiece (llama) GGUF tokenizer needs tokenizer.ggml.scores".into())),
     };
 
-    // transformers' SentencePieceExtractor: every split of every piece into two
-    // pieces of the vocabulary is a merge, ranked by the merged piece's score
-    // (highest first; ties keep vocabulary order, then the ids of the halves).
-    let mut merges: Vec<(f32, usize, u32, u32)> = vec![];
+    // transformers' `generate_merges`: every split of every piece into two pieces
+    // of the vocabulary is a merge, ranked by the merged piece's score (highest
+    // first), then by the lengths of the left and right halves (longest first);
+    // ties keep vocabulary order, then the ids of the halves.
+    let mut merges: Vec<(f32, usize, usize, u32, u32)> = vec![];
     for (i, piece) in tokens.iter().enumerate() {
         if ids.get(piece) != Some(&(i as u32)) {
             continue;
         }
-        let mut local: Vec<(u32, u32)> = piece
+        let mut local: Vec<(u32, u32, usize)> = piece
             .char_indices()
             .skip(1)
-            .filter_map(|(p, _)| Some((*ids.get(&piece[..p])?, *ids.get(&piece[p..])?)))
+            .filter_map(|(p, _)| Some((*ids.get(&piece[..p])?, *ids.get(&piece[p..])?, p)))
             .collect();
         local.sort_unstable();
-        merges.extend(local.into_iter().map(|(l, r)| (scores[i], i, l, r)));
+        merges.extend(local.into_iter().map(|(l, r, p)| {
+            let (left, right) = piece.split_at(p);
+            (scores[i], left.chars().count(), right.chars().count(), l, r)
+        }));
     }
-    // A stable sort by score alone, descending (NaN scores sort last).
-    merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or_else(|| a.0.is_nan().cmp(&b.0.is_nan())));
+    // A stable sort, descending (NaN scores last).
+    merges.sort_by(|a, b| {
+        let score = b.0.partial_cmp(&a.0).unwrap_or_else(|| a.0.is_nan().cmp(&b.0.is_nan()));
+        score.then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
+    });
     let merges: Vec<Value> =
-        merges.iter().map(|&(_, _, l, r)| json!([tokens[l as usize], tokens[r as usize]])).collect();
+        merges.iter().map(|&(_, _, _, l, r)| json!([tokens[l as usize], tokens[r as usize]])).collect();
 
     let unk = file
         .meta_u64("tokenizer.ggml.unknown_token_id")
@@ -321,7 +341,8 @@ mod tests {
         let f = GgufFile::from_bytes("tok.gguf", build(&meta, &[])).unwrap();
         let e = tokenizer_json_from_gguf(&f).unwrap_err().to_string();
         assert!(e.contains("merge 0"), "{e}");
-        let meta = [("tokenizer.ggml.model", MetaValue::String("bert".into())), ("tokenizer.ggml.tokens", strs(&["a"]))];
+        let meta =
+            [("tokenizer.ggml.model", MetaValue::String("bert".into())), ("tokenizer.ggml.tokens", strs(&["a"]))];
         let f = GgufFile::from_bytes("tok.gguf", build(&meta, &[])).unwrap();
         assert!(tokenizer_json_from_gguf(&f).unwrap_err().to_string().contains("bert"));
     }

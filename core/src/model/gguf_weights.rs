@@ -68,10 +68,8 @@ impl GgufWeights {
 
     pub fn new(file: GgufFile) -> Result<Self> {
         let bad = |m: String| Error::model(file.path.display(), m);
-        let arch = file
-            .architecture()
-            .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?
-            .to_string();
+        let arch =
+            file.architecture().ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?.to_string();
         let (n_head, n_head_kv) = if qk_permuted(&arch) {
             let h = meta_usize(&file, &format!("{arch}.attention.head_count"))?
                 .ok_or_else(|| bad(format!("GGUF metadata has no {arch}.attention.head_count")))?;
@@ -207,11 +205,9 @@ pub fn permute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Result<Vec<
 fn meta_usize(file: &GgufFile, key: &str) -> Result<Option<usize>> {
     match file.meta(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|x| usize::try_from(x).ok())
-            .map(Some)
-            .ok_or_else(|| Error::model(file.path.display(), format!("metadata {key} is {v:?}, not a non-negative integer"))),
+        Some(v) => v.as_u64().and_then(|x| usize::try_from(x).ok()).map(Some).ok_or_else(|| {
+            Error::model(file.path.display(), format!("metadata {key} is {v:?}, not a non-negative integer"))
+        }),
     }
 }
 
@@ -228,9 +224,9 @@ fn meta_f32(file: &GgufFile, key: &str) -> Result<Option<f32>> {
 fn meta_u32(file: &GgufFile, key: &str) -> Result<Option<u32>> {
     match meta_usize(file, key)? {
         None => Ok(None),
-        Some(x) => u32::try_from(x)
-            .map(Some)
-            .map_err(|_| Error::model(file.path.display(), format!("metadata {key} = {x} is too large for a token id"))),
+        Some(x) => u32::try_from(x).map(Some).map_err(|_| {
+            Error::model(file.path.display(), format!("metadata {key} = {x} is too large for a token id"))
+        }),
     }
 }
 
@@ -418,7 +414,10 @@ mod tests {
         assert_eq!(gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(), Some("blk.12.attn_output.weight"));
         assert_eq!(gguf_name("model.layers.0.self_attn.k_proj.bias").as_deref(), Some("blk.0.attn_k.bias"));
         assert_eq!(gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(), Some("blk.3.ffn_down.weight"));
-        assert_eq!(gguf_name("model.layers.3.post_attention_layernorm.weight").as_deref(), Some("blk.3.ffn_norm.weight"));
+        assert_eq!(
+            gguf_name("model.layers.3.post_attention_layernorm.weight").as_deref(),
+            Some("blk.3.ffn_norm.weight")
+        );
         assert_eq!(gguf_name("model.layers.+3.mlp.down_proj.weight"), None);
         assert_eq!(gguf_name("model.layers.03.mlp.down_proj.weight"), None);
         assert_eq!(gguf_name("model.layers.3.mlp.down_proj.scale"), None);
@@ -545,7 +544,12 @@ mod tests {
         let r = llama3_from_rope_freqs(&f, theta, hd).unwrap();
         assert_eq!(
             r,
-            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192
+            }
         );
         let mut g = f.clone();
         g[40] *= 1.5;
@@ -554,13 +558,10 @@ mod tests {
 
     /// The default model, when it is on disk: `TESSERA_DEFAULT_MODEL` or the cache path.
     fn default_model() -> Option<std::path::PathBuf> {
-        let p = std::env::var_os("TESSERA_DEFAULT_MODEL")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| {
-                    std::path::PathBuf::from(h).join(".cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-                })
-            })?;
+        let p = std::env::var_os("TESSERA_DEFAULT_MODEL").map(std::path::PathBuf::from).or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        })?;
         if p.is_file() {
             Some(p)
         } else {
@@ -587,10 +588,8 @@ mod tests {
         assert_eq!(c.eos_token_ids, vec![2]);
 
         let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let mut names: Vec<(String, Vec<usize>)> = vec![
-            ("model.embed_tokens.weight".into(), vec![c.vocab_size, h]),
-            ("model.norm.weight".into(), vec![h]),
-        ];
+        let mut names: Vec<(String, Vec<usize>)> =
+            vec![("model.embed_tokens.weight".into(), vec![c.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
         for l in 0..c.num_layers {
             let n = |s: &str| format!("model.layers.{l}.{s}");
             names.extend([

@@ -1,0 +1,123 @@
+//! Runs one step of a ragged batch: builds (or reuses) the executable for the
+//! step's shape, uploads the batch metadata, runs, and returns the logits.
+
+use super::device_model::DeviceModel;
+use super::kv_cache::KvCache;
+use crate::hal::{Executable, Tensor};
+use crate::model::llama::{build_graph, StepShape};
+use crate::{DType, Error, HostTensor, Result};
+use std::collections::VecDeque;
+
+/// One step's batch. Sequence `s` owns tokens `query_start_loc[s]..query_start_loc[s+1]`,
+/// has `seq_lens[s]` tokens in the cache after this step, and its blocks are
+/// `block_tables[s]`; `slots[t]` is where token `t`'s K/V goes.
+#[derive(Clone, Debug, Default)]
+pub struct StepBatch {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub slots: Vec<u32>,
+    pub query_start_loc: Vec<u32>,
+    pub seq_lens: Vec<u32>,
+    pub block_tables: Vec<Vec<u32>>,
+    /// Return logits for every token, not only each sequence's last.
+    pub all_logits: bool,
+}
+
+/// Compiled executables kept per shape.
+const MAX_EXECUTABLES: usize = 24;
+
+pub struct Runner {
+    pub model: DeviceModel,
+    pub kv: KvCache,
+    executables: VecDeque<(StepShape, Box<dyn Executable>)>,
+}
+
+fn pad_to_bucket(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
+
+impl Runner {
+    pub fn new(model: DeviceModel, kv: KvCache) -> Self {
+        Runner { model, kv, executables: VecDeque::new() }
+    }
+
+    fn executable(&mut self, shape: StepShape) -> Result<&mut Box<dyn Executable>> {
+        if let Some(i) = self.executables.iter().position(|(s, _)| *s == shape) {
+            let entry = self.executables.remove(i).ok_or_else(|| Error::invalid("executable cache"))?;
+            self.executables.push_front(entry);
+        } else {
+            let graph = build_graph(&self.model.config, shape, self.model.dtypes, self.kv.shape)?;
+            let exe = self.model.device.compile(&graph, &self.model.weights)?;
+            tracing::debug!(?shape, "compiled step");
+            if self.executables.len() >= MAX_EXECUTABLES {
+                self.executables.pop_back();
+            }
+            self.executables.push_front((shape, exe));
+        }
+        Ok(&mut self.executables[0].1)
+    }
+
+    fn upload_i32(&self, data: &[i32], shape: Vec<usize>) -> Result<Tensor> {
+        let dev = &self.model.device;
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let buf = dev.alloc(bytes.len())?;
+        dev.upload(&buf, 0, &bytes)?;
+        Tensor::new(buf, 0, DType::I32, shape)
+    }
+
+    /// Runs one step; returns f32 logits `[sequences, vocab]` (or `[tokens, vocab]`).
+    pub fn step(&mut self, b: &StepBatch) -> Result<HostTensor> {
+        let (t, s) = (b.tokens.len(), b.seq_lens.len());
+        if t == 0 || s == 0 || b.positions.len() != t || b.slots.len() != t || b.query_start_loc.len() != s + 1 || b.block_tables.len() != s {
+            return Err(Error::invalid(format!("malformed step batch: {t} tokens, {s} sequences")));
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(&bad) = b.tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Request(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
+        }
+        let exact = self.model.device.capabilities().exact_shapes;
+        let max_blocks = pad_to_bucket(b.block_tables.iter().map(Vec::len).max().unwrap_or(1));
+        let shape = StepShape {
+            num_tokens: if exact { t } else { pad_to_bucket(t) },
+            num_seqs: if exact { s } else { pad_to_bucket(s) },
+            max_blocks,
+            all_logits: b.all_logits,
+        };
+        // Padding tokens write nowhere (slot -1); padding sequences have no tokens.
+        let i32s = |v: &[u32], n: usize, fill: i32| -> Vec<i32> {
+            let mut out: Vec<i32> = v.iter().map(|&x| x as i32).collect();
+            out.resize(n, fill);
+            out
+        };
+        let tokens = i32s(&b.tokens, shape.num_tokens, 0);
+        let positions = i32s(&b.positions, shape.num_tokens, 0);
+        let slots = i32s(&b.slots, shape.num_tokens, -1);
+        let last = *b.query_start_loc.last().unwrap_or(&0) as i32;
+        let qsl = i32s(&b.query_start_loc, shape.num_seqs + 1, last);
+        let seq_lens = i32s(&b.seq_lens, shape.num_seqs, 0);
+        let mut tables = vec![0i32; shape.num_seqs * max_blocks];
+        for (i, row) in b.block_tables.iter().enumerate() {
+            for (j, &blk) in row.iter().enumerate() {
+                tables[i * max_blocks + j] = blk as i32;
+            }
+        }
+        let inputs = vec![
+            self.upload_i32(&tokens, vec![shape.num_tokens])?,
+            self.upload_i32(&positions, vec![shape.num_tokens])?,
+            self.upload_i32(&slots, vec![shape.num_tokens])?,
+            self.upload_i32(&qsl, vec![shape.num_seqs + 1])?,
+            self.upload_i32(&seq_lens, vec![shape.num_seqs])?,
+            self.upload_i32(&tables, vec![shape.num_seqs, max_blocks])?,
+        ];
+        let mut state = std::mem::take(&mut self.kv.tensors);
+        let result = self.executable(shape).and_then(|exe| exe.run(&inputs, &mut state));
+        self.kv.tensors = state;
+        let outputs = result?;
+        let logits = outputs.first().ok_or_else(|| Error::invalid("the graph returned no logits"))?;
+        let rows = if b.all_logits { t } else { s };
+        let row_bytes = vocab * logits.dtype.size();
+        let mut raw = vec![0u8; rows * row_bytes];
+        self.model.device.download(&logits.buffer, logits.offset, &mut raw)?;
+        HostTensor::from_bytes(logits.dtype, vec![rows, vocab], &raw)?.to_dtype(DType::F32)
+    }
+}
