@@ -100,6 +100,12 @@ def greedy(model, prompt_ids, steps):
     return torch.tensor(toks, dtype=torch.int64), torch.stack(rows), gaps
 
 
+def st_metadata(meta):
+    """safetensors keeps __metadata__ in a hash map, so several keys come out in a random order and
+    the file bytes change from run to run. One key holding sorted JSON keeps reruns byte-identical."""
+    return {"golden": json.dumps(meta, sort_keys=True, ensure_ascii=False)}
+
+
 def file_size(path):
     return os.path.getsize(path)
 
@@ -302,14 +308,14 @@ def make_tiny(name, cls, cfg, weight_seed, prompt_seed0, embed_std):
 
     meta = {
         "model": name,
-        "weight_seed": str(weight_seed),
-        "prompt_seed": str(seed),
-        "embed_std": repr(embed_std),
-        "min_top2_gap": repr(min(gaps)),
-        "max_abs_logit": repr(max_abs),
+        "weight_seed": weight_seed,
+        "prompt_seed": seed,
+        "embed_std": embed_std,
+        "min_top2_gap": min(gaps),
+        "max_abs_logit": max_abs,
         "note": "logits: one forward over input_ids; greedy_logits[i]: last-position logits of the "
         "full forward over input_ids+greedy[:i]",
-        **{f"version.{k}": v for k, v in versions().items()},
+        "versions": versions(),
     }
     save_file(
         {
@@ -319,7 +325,7 @@ def make_tiny(name, cls, cfg, weight_seed, prompt_seed0, embed_std):
             "greedy_logits": glogits.contiguous(),
         },
         str(out_dir / "golden.safetensors"),
-        metadata=meta,
+        metadata=st_metadata(meta),
     )
     return {
         "name": name,
@@ -428,12 +434,14 @@ def make_default(gguf_path):
     save_file(
         tensors,
         str(out_dir / "golden.safetensors"),
-        metadata={
-            "model": n,
-            "note": "GGUF dequantized to float32 by transformers; pN.logits: one forward over "
-            "pN.input_ids; pN.greedy: manual greedy loop, full forward per step, no EOS stop",
-            **{f"version.{k}": v for k, v in versions().items()},
-        },
+        metadata=st_metadata(
+            {
+                "model": n,
+                "note": "GGUF dequantized to float32 by transformers; pN.logits: one forward over "
+                "pN.input_ids; pN.greedy: manual greedy loop, full forward per step, no EOS stop",
+                "versions": versions(),
+            }
+        ),
     )
     doc = {
         "model": n,

@@ -1,0 +1,572 @@
+//! Dense matmul of f32 activations against linear-layer weights, the hot path
+//! of the CPU backend.
+//!
+//! `out[t, j] = sum_i x[t, i] * w[j, i] (+ bias[j])`, with `w` in the HF layout
+//! `[out_features, in_features]`, f32 or bf16. The SIMD microkernels live in
+//! `simd.rs`; this file does the cache blocking and the threading:
+//!
+//! * **Decode** (`m <= 4`): memory-bandwidth bound. The rows of `w` are split
+//!   into a few contiguous chunks per thread and each chunk is streamed once,
+//!   all tokens at a time, bf16 widened in registers. No `k` blocking.
+//! * **Prefill** (`m > 4`): compute bound. Tasks are (token chunk <= 128) x
+//!   (row chunk); within a task `k` is cut into tiles of ~512 so the token
+//!   block `mc x kc` stays in L2 while each 4-row weight micro-panel stays in
+//!   L1 across all token groups. bf16 weights are widened once per panel into
+//!   an f32 scratch buffer (16 rows x kc), not once per token group.
+
+use crate::simd::{self, Level, Tile, WElem};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Weights of a linear layer, row-major `[n, k]` (HF layout: out_features x
+/// in_features).
+#[derive(Clone, Copy, Debug)]
+pub enum WeightRows<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+}
+
+/// `out[t*n + j] = sum_i x[t*k + i] * w[j*k + i] (+ bias[j])`, for `t` in
+/// `0..m`, `j` in `0..n`.
+///
+/// `x`: `[m, k]` f32, `w`: `[n, k]`, `bias`: `[n]`, `out`: `[m, n]` f32.
+/// Multithreaded on the current rayon pool.
+///
+/// # Panics
+/// If a slice is shorter than its shape says (a caller bug; checked because
+/// the kernels index with raw pointers).
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRows<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    matmul_with(simd::level(), x, m, k, w, n, bias, out);
+}
+
+/// Name of the SIMD path chosen on this machine ("avx512", "avx2", "neon",
+/// "scalar"), for `tessera devices`.
+pub fn simd_level() -> &'static str {
+    simd::level().name()
+}
+
+/// [`matmul`] with an explicit SIMD level (tests and benchmarks compare them).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_with(
+    level: Level,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRows<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let threads = rayon::current_num_threads();
+    match w {
+        WeightRows::F32(w) => {
+            let plan = Plan::new(m, k, n, threads, false);
+            run(level, plan, x, m, k, w, n, bias, out);
+        }
+        WeightRows::BF16(w) => {
+            let plan = Plan::new(m, k, n, threads, true);
+            run(level, plan, x, m, k, w, n, bias, out);
+        }
+    }
+}
+
+/// Up to this many tokens the call is treated as decode (bandwidth bound).
+const DECODE_M: usize = 4;
+/// Target `k` tile for prefill: 128 tokens x 512 f32 = 256 KiB of activations.
+const KC_TARGET: usize = 512;
+/// Most tokens per task, so the token block stays in L2.
+const MC_MAX: usize = 128;
+/// Row chunks are multiples of this (whole microkernels, whole cache lines).
+const ROW_ALIGN: usize = 16;
+/// Rows of bf16 weights widened to f32 at a time in prefill.
+const PACK_ROWS: usize = 16;
+/// Tasks per rayon thread, for load balance on shared/noisy cores.
+const TASKS_PER_THREAD: usize = 4;
+/// Least multiply-adds per task, to keep rayon overhead (~µs) negligible.
+const MIN_TASK_MACS: usize = 1 << 16;
+
+/// How a call is cut into tasks and tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// Tokens per task.
+    mc: usize,
+    /// Weight rows per task.
+    nc: usize,
+    /// Columns per `k` tile.
+    kc: usize,
+    /// Widen bf16 weight panels into an f32 buffer before the kernels.
+    pack: bool,
+}
+
+fn round_up(v: usize, to: usize) -> usize {
+    v.div_ceil(to) * to
+}
+
+impl Plan {
+    /// Needs `m, k, n >= 1`.
+    fn new(m: usize, k: usize, n: usize, threads: usize, bf16: bool) -> Plan {
+        let (m, k, n) = (m.max(1), k.max(1), n.max(1));
+        let kc = if m <= DECODE_M {
+            k
+        } else {
+            let tiles = ((k + KC_TARGET / 2) / KC_TARGET).max(1);
+            round_up(k.div_ceil(tiles), 16).min(k)
+        };
+        let macs = m.saturating_mul(k).saturating_mul(n);
+        let target = if threads <= 1 {
+            1
+        } else {
+            threads
+                .saturating_mul(TASKS_PER_THREAD)
+                .min((macs / MIN_TASK_MACS).max(1))
+        };
+        let mut m_tasks = if m <= DECODE_M { 1 } else { m.div_ceil(MC_MAX) };
+        let n_tasks = target.div_ceil(m_tasks).clamp(1, n.div_ceil(ROW_ALIGN));
+        if m_tasks * n_tasks < target && m > 2 * DECODE_M {
+            // Few rows (small n): split the tokens further.
+            m_tasks = m_tasks.max(target.div_ceil(n_tasks).min(m.div_ceil(DECODE_M)));
+        }
+        let mc = if m <= DECODE_M { m } else { round_up(m.div_ceil(m_tasks), DECODE_M).min(m) };
+        let nc = round_up(n.div_ceil(n_tasks), ROW_ALIGN).min(n);
+        Plan { mc, nc, kc, pack: bf16 && m > DECODE_M }
+    }
+}
+
+/// `*mut f32` that tasks share; each task writes only its own block.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the pointer is only dereferenced inside `block`, on the disjoint
+// (token range x row range) block of one task, so sharing it between threads
+// cannot create a data race.
+unsafe impl Send for OutPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    // A method (not field access) so closures capture the Sync wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<W: WElem>(
+    level: Level,
+    plan: Plan,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[W],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(Some(x.len()), m.checked_mul(k), "matmul: x is not [m, k]");
+    debug_assert_eq!(Some(w.len()), n.checked_mul(k), "matmul: w is not [n, k]");
+    debug_assert_eq!(Some(out.len()), m.checked_mul(n), "matmul: out is not [m, n]");
+    debug_assert!(bias.is_none_or(|b| b.len() == n), "matmul: bias is not [n]");
+    // Release-mode guards that make the raw-pointer writes below sound.
+    assert!(
+        m.checked_mul(n).is_some_and(|l| l <= out.len())
+            && m.checked_mul(k).is_some_and(|l| l <= x.len())
+            && n.checked_mul(k).is_some_and(|l| l <= w.len())
+            && bias.is_none_or(|b| b.len() >= n),
+        "matmul: slice shorter than its shape"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in out[..m * n].chunks_exact_mut(n) {
+            match bias {
+                Some(b) => row.copy_from_slice(&b[..n]),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
+    let (mc, nc) = (plan.mc.clamp(1, m), plan.nc.clamp(1, n));
+    let plan = Plan { mc, nc, kc: plan.kc.clamp(1, k), pack: plan.pack && W::IS_BF16 };
+    let (m_tasks, n_tasks) = (m.div_ceil(mc), n.div_ceil(nc));
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |idx: usize| {
+        let (ti, ni) = (idx / n_tasks, idx % n_tasks);
+        let (t0, j0) = (ti * mc, ni * nc);
+        let (t1, j1) = ((t0 + mc).min(m), (j0 + nc).min(n));
+        // SAFETY: `out` holds at least m*n elements (asserted above) and task
+        // `idx` is the only one touching tokens t0..t1 x rows j0..j1 (the
+        // (ti, ni) grid partitions [0, m) x [0, n)).
+        unsafe { block(level, plan, x, k, w, n, bias, (t0, t1), (j0, j1), out_ptr.get()) };
+    };
+    let tasks = m_tasks * n_tasks;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// One task: tokens `t0..t1` x rows `j0..j1` of the output, over all of `k`.
+///
+/// # Safety
+/// `out` is an `[m, n]` row-major buffer with `t1 <= m`, `j1 <= n`, and no
+/// other thread accesses its elements `(t, j)`, `t0 <= t < t1`, `j0 <= j < j1`
+/// during the call. `x` is `[m, k]`, `w` is `[n, k]`, `bias` is `[n]`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<W: WElem>(
+    level: Level,
+    plan: Plan,
+    x: &[f32],
+    k: usize,
+    w: &[W],
+    n: usize,
+    bias: Option<&[f32]>,
+    (t0, t1): (usize, usize),
+    (j0, j1): (usize, usize),
+    out: *mut f32,
+) {
+    let (mt, nt) = (t1 - t0, j1 - j0);
+    // SAFETY: (t0, j0) is inside the [m, n] buffer.
+    let out_blk = out.add(t0 * n + j0);
+    let mut buf = if plan.pack { vec![0.0f32; PACK_ROWS.min(nt) * plan.kc] } else { Vec::new() };
+    let mut k0 = 0;
+    while k0 < k {
+        let kl = plan.kc.min(k - k0);
+        let accumulate = k0 > 0;
+        // Tokens t0.. from column k0; `simd::tile` bounds-checks it.
+        let xs = &x[t0 * k + k0..];
+        if plan.pack {
+            let mut jb = 0;
+            while jb < nt {
+                let nb = PACK_ROWS.min(nt - jb);
+                for r in 0..nb {
+                    let row = (j0 + jb + r) * k + k0;
+                    simd::widen(level, &w[row..row + kl], &mut buf[r * kl..(r + 1) * kl]);
+                }
+                let tile = Tile { x: xs, ldx: k, m: mt, w: &buf[..nb * kl], ldw: kl, n: nb, k: kl };
+                // SAFETY: the tile writes tokens t0..t1 x rows j0+jb..j0+jb+nb,
+                // inside this task's block (contract of `block`).
+                simd::tile(level, tile, out_blk.add(jb), n, accumulate);
+                jb += nb;
+            }
+        } else {
+            let tile = Tile { x: xs, ldx: k, m: mt, w: &w[j0 * k + k0..], ldw: k, n: nt, k: kl };
+            // SAFETY: the tile writes exactly this task's block.
+            simd::tile(level, tile, out_blk, n, accumulate);
+        }
+        k0 += kl;
+    }
+    if let Some(b) = bias {
+        let b = &b[j0..j1];
+        for t in 0..mt {
+            // SAFETY: row t0+t, columns j0..j1 of `out`: this task's block.
+            let row = std::slice::from_raw_parts_mut(out_blk.add(t * n), nt);
+            for (o, bj) in row.iter_mut().zip(b) {
+                *o += bj;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn f32(&mut self) -> f32 {
+            // xorshift64*, uniform in [-1, 1).
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, len: usize) -> Vec<f32> {
+            (0..len).map(|_| self.f32()).collect()
+        }
+    }
+
+    /// f64 reference and, per output, sum |x||w| + |bias| (the error scale).
+    fn reference(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut r = vec![0.0; m * n];
+        let mut scale = vec![0.0; m * n];
+        for t in 0..m {
+            for j in 0..n {
+                let (mut s, mut a) = (0.0f64, 0.0f64);
+                for i in 0..k {
+                    let p = f64::from(x[t * k + i]) * f64::from(w[j * k + i]);
+                    s += p;
+                    a += p.abs();
+                }
+                if let Some(b) = bias {
+                    s += f64::from(b[j]);
+                    a += f64::from(b[j]).abs();
+                }
+                r[t * n + j] = s;
+                scale[t * n + j] = a;
+            }
+        }
+        (r, scale)
+    }
+
+    fn check(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
+        for (idx, ((&g, &r), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+            let err = (f64::from(g) - r).abs();
+            assert!(
+                err <= 1e-5 * s + 1e-30,
+                "{what}: out[{idx}] = {g}, want {r} (err {err:e}, scale {s:e})"
+            );
+        }
+    }
+
+    fn levels() -> Vec<Level> {
+        Level::ALL.into_iter().filter(|l| l.is_supported()).collect()
+    }
+
+    /// Runs one case at `level` with `plan` (or the default plan), f32 and
+    /// bf16 weights, with and without bias, against the f64 reference.
+    fn case(level: Level, plan: Option<Plan>, m: usize, k: usize, n: usize, rng: &mut Rng) {
+        let x = rng.vec(m * k);
+        let w = rng.vec(n * k);
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wr: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+        let b = rng.vec(n);
+        for bias in [None, Some(&b[..])] {
+            for is_bf16 in [false, true] {
+                let (wt, wref) = if is_bf16 {
+                    (WeightRows::BF16(&wb), &wr)
+                } else {
+                    (WeightRows::F32(&w), &w)
+                };
+                let mut out = vec![f32::NAN; m * n];
+                match (plan, wt) {
+                    (None, wt) => matmul_with(level, &x, m, k, wt, n, bias, &mut out),
+                    (Some(p), WeightRows::F32(w)) => run(level, p, &x, m, k, w, n, bias, &mut out),
+                    (Some(p), WeightRows::BF16(w)) => run(level, p, &x, m, k, w, n, bias, &mut out),
+                }
+                let (want, scale) = reference(&x, m, k, wref, n, bias);
+                let what = format!(
+                    "{} m={m} k={k} n={n} bf16={is_bf16} bias={} plan={plan:?}",
+                    level.name(),
+                    bias.is_some()
+                );
+                check(&out, &want, &scale, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_matches_reference_every_level() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for level in levels() {
+            for m in [1, 2, 3, 5, 17, 64] {
+                for k in [1, 7, 16, 64, 100, 576] {
+                    for n in [1, 3, 16, 33, 100] {
+                        case(level, None, m, k, n, &mut rng);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_public_entry_point() {
+        let mut rng = Rng(7);
+        let (m, k, n) = (3, 37, 21);
+        let x = rng.vec(m * k);
+        let w = rng.vec(n * k);
+        let b = rng.vec(n);
+        let mut out = vec![0.0; m * n];
+        matmul(&x, m, k, WeightRows::F32(&w), n, Some(&b), &mut out);
+        let (want, scale) = reference(&x, m, k, &w, n, Some(&b));
+        check(&out, &want, &scale, "matmul()");
+        assert!(["avx512", "avx2", "neon", "scalar"].contains(&simd_level()));
+    }
+
+    /// Small forced tiles: k blocking (accumulate path, ragged last tile),
+    /// bf16 panel widening, many tasks split over tokens and rows.
+    #[test]
+    fn matmul_forced_plans_every_level() {
+        let mut rng = Rng(42);
+        let plans = [
+            Plan { mc: 4, nc: 16, kc: 16, pack: false },
+            Plan { mc: 8, nc: 16, kc: 48, pack: true },
+            Plan { mc: 5, nc: 7, kc: 33, pack: true },
+            Plan { mc: 1, nc: 1, kc: 1000, pack: false },
+            Plan { mc: 64, nc: 100, kc: 7, pack: true },
+        ];
+        for level in levels() {
+            for plan in plans {
+                for (m, k, n) in [(1, 100, 33), (5, 100, 33), (17, 576, 40), (64, 130, 17), (9, 1, 5)] {
+                    case(level, Some(plan), m, k, n, &mut rng);
+                }
+            }
+        }
+    }
+
+    /// Each SIMD path directly against the scalar path, on shapes with
+    /// every remainder of the microkernels (m mod 4, n mod 4, k mod 16).
+    #[test]
+    fn matmul_simd_paths_agree_with_scalar() {
+        let mut rng = Rng(3);
+        for level in levels() {
+            for (m, k, n) in [(1, 31, 9), (4, 33, 8), (7, 47, 13), (16, 257, 19), (2, 1040, 70)] {
+                let x = rng.vec(m * k);
+                let w = rng.vec(n * k);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                for wt in [WeightRows::F32(&w), WeightRows::BF16(&wb)] {
+                    let mut a = vec![0.0; m * n];
+                    let mut s = vec![0.0; m * n];
+                    matmul_with(level, &x, m, k, wt, n, None, &mut a);
+                    matmul_with(Level::Scalar, &x, m, k, wt, n, None, &mut s);
+                    // Both are f32 sums of k products |x||w| <= 1 in another
+                    // order: differences are a few ulps of k.
+                    for (i, (p, q)) in a.iter().zip(&s).enumerate() {
+                        assert!(
+                            (p - q).abs() <= 1e-5 * k as f32,
+                            "{} vs scalar, m={m} k={k} n={n} {wt:?}: [{i}] {p} vs {q}",
+                            level.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_degenerate_shapes() {
+        let b = [1.5f32, -2.0, 3.0];
+        let mut out = vec![9.0; 6];
+        matmul(&[], 2, 0, WeightRows::F32(&[]), 3, Some(&b), &mut out);
+        assert_eq!(out, [1.5, -2.0, 3.0, 1.5, -2.0, 3.0]);
+        matmul(&[], 2, 0, WeightRows::BF16(&[]), 3, None, &mut out);
+        assert_eq!(out, [0.0; 6]);
+        let mut none: Vec<f32> = Vec::new();
+        matmul(&[], 0, 4, WeightRows::F32(&[1.0; 12]), 3, None, &mut none);
+        matmul(&[1.0; 8], 2, 4, WeightRows::F32(&[]), 0, None, &mut none);
+    }
+
+    #[test]
+    fn matmul_widen_bf16_every_level() {
+        let mut rng = Rng(11);
+        for level in levels() {
+            for len in 0..70 {
+                let src: Vec<bf16> = (0..len).map(|_| bf16::from_f32(rng.f32() * 1e3)).collect();
+                let mut dst = vec![f32::NAN; len + 3];
+                simd::widen(level, &src, &mut dst);
+                for (d, s) in dst.iter().zip(&src) {
+                    assert_eq!(d.to_bits(), s.to_f32().to_bits());
+                }
+                assert!(dst[len..].iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_plan_shapes() {
+        // Decode: one token block, rows split into >= 16-row chunks, no k tiling.
+        let p = Plan::new(1, 576, 1536, 2, false);
+        assert_eq!((p.mc, p.kc, p.pack), (1, 576, false));
+        assert_eq!(p.nc % ROW_ALIGN, 0);
+        assert!(1536usize.div_ceil(p.nc) >= 4);
+        // Prefill: k tiled, bf16 packed.
+        let p = Plan::new(128, 2048, 8192, 2, true);
+        assert_eq!((p.mc, p.kc, p.pack), (128, 512, true));
+        // Tiny: a single task.
+        let p = Plan::new(2, 16, 16, 8, false);
+        assert_eq!((p.mc, p.nc), (2, 16));
+        // Small n, many tokens: split over tokens too.
+        let p = Plan::new(256, 512, 16, 4, false);
+        assert!(256usize.div_ceil(p.mc) >= 4, "{p:?}");
+    }
+
+    /// Throughput table. Run with
+    /// `cargo test -p tessera-cpu --release matmul_bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn matmul_bench() {
+        use std::time::Instant;
+
+        let threads = rayon::current_num_threads();
+        // Memory read bandwidth: sum a 512 MiB array on all threads.
+        let big = vec![1.0f32; 128 << 20];
+        let mut bw = 0.0f64;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let s: f32 = big
+                .par_chunks(1 << 16)
+                .map(|c| {
+                    let mut acc = [0.0f32; 16];
+                    for v in c.chunks_exact(16) {
+                        for l in 0..16 {
+                            acc[l] += v[l];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            std::hint::black_box(s);
+            bw = bw.max((big.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        drop(big);
+        println!("threads={threads} simd={} read bandwidth (512 MiB sum, best of 5): {bw:.1} GB/s", simd_level());
+        println!("{:<7} {:>5} {:>6} {:>6} {:>5} {:>10} {:>8} {:>8}", "level", "m", "k", "n", "dtype", "time", "GFLOP/s", "W GB/s");
+
+        let mut rng = Rng(1);
+        let shapes = [(1, 576, 1536), (1, 576, 49152), (1, 2048, 8192), (128, 576, 1536), (128, 2048, 8192)];
+        let mut lv = vec![simd::level()];
+        if simd::level() == Level::Avx512 && Level::Avx2.is_supported() {
+            lv.push(Level::Avx2);
+        }
+        for level in lv {
+            for (m, k, n) in shapes {
+                let x = rng.vec(m * k);
+                let w = rng.vec(n * k);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let mut out = vec![0.0f32; m * n];
+                for is_bf16 in [false, true] {
+                    let wt = if is_bf16 { WeightRows::BF16(&wb) } else { WeightRows::F32(&w) };
+                    let wbytes = (n * k * if is_bf16 { 2 } else { 4 }) as f64;
+                    let flops = 2.0 * (m * n * k) as f64;
+                    matmul_with(level, &x, m, k, wt, n, None, &mut out);
+                    // Repeat for ~0.4 s, keep the median iteration time.
+                    let mut times = Vec::new();
+                    let start = Instant::now();
+                    while start.elapsed().as_secs_f64() < 0.4 || times.len() < 5 {
+                        let t = Instant::now();
+                        matmul_with(level, &x, m, k, wt, n, None, &mut out);
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                    times.sort_by(f64::total_cmp);
+                    let med = times[times.len() / 2];
+                    println!(
+                        "{:<7} {m:>5} {k:>6} {n:>6} {:>5} {:>8.1}us {:>8.1} {:>8.1}",
+                        level.name(),
+                        if is_bf16 { "bf16" } else { "f32" },
+                        med * 1e6,
+                        flops / med / 1e9,
+                        wbytes / med / 1e9
+                    );
+                }
+            }
+        }
+    }
+}
