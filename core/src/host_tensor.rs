@@ -91,13 +91,20 @@ impl HostTensor {
         if !dtype.is_float() || !self.dtype().is_float() {
             return Err(Error::invalid(format!("cannot convert a {} tensor to {dtype}", self.dtype())));
         }
-        let v = self.to_f32_vec();
-        let data = match dtype {
-            DType::F32 => HostData::F32(v),
-            DType::BF16 => HostData::BF16(v.into_iter().map(bf16::from_f32).collect()),
-            DType::F16 => HostData::F16(v.into_iter().map(f16::from_f32).collect()),
-            DType::I32 => unreachable!("checked above"),
+        let shape = self.shape;
+        let data = match (self.data, dtype) {
+            (HostData::F32(v), DType::BF16) => HostData::BF16(v.into_iter().map(bf16::from_f32).collect()),
+            (HostData::F32(v), DType::F16) => HostData::F16(v.into_iter().map(f16::from_f32).collect()),
+            (data, target) => {
+                let v = HostTensor { shape: vec![], data }.to_f32_vec();
+                match target {
+                    DType::F32 => HostData::F32(v),
+                    DType::BF16 => HostData::BF16(v.into_iter().map(bf16::from_f32).collect()),
+                    DType::F16 => HostData::F16(v.into_iter().map(f16::from_f32).collect()),
+                    DType::I32 => unreachable!("checked above"),
+                }
+            }
         };
-        Ok(HostTensor { shape: self.shape, data })
+        Ok(HostTensor { shape, data })
     }
 }

@@ -8,6 +8,7 @@ use tessera_core::model::chat_template::ChatMessage;
 use tessera_core::model::tokenizer::StreamDecoder;
 
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,

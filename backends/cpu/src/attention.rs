@@ -222,3 +222,110 @@ fn attend<K: KvElem>(
         out[h * d..(h + 1) * d].iter_mut().for_each(|v| *v *= inv);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(seed: &mut u64) -> f32 {
+        *seed = tessera_core::model::random::splitmix64(*seed);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Dense attention in f64 over the positions each query may see.
+    fn naive(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], pos: usize, p: &AttentionParams) -> Vec<f32> {
+        let d = q.len();
+        let start = p.sliding_window.map(|w| (pos + 1).saturating_sub(w)).unwrap_or(0);
+        let end = if p.causal { pos + 1 } else { keys.len() };
+        let scores: Vec<f64> = (start..end)
+            .map(|j| {
+                let mut s = (0..d).map(|i| q[i] as f64 * keys[j][i] as f64).sum::<f64>() * p.scale as f64;
+                if let Some(c) = p.softcap {
+                    s = c as f64 * (s / c as f64).tanh();
+                }
+                s
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = w.iter().sum();
+        (0..d).map(|i| (w.iter().zip(start..end).map(|(w, j)| w * vals[j][i] as f64).sum::<f64>() / z) as f32).collect()
+    }
+
+    #[test]
+    fn matches_dense_attention_on_a_mixed_batch() {
+        let (nh, nkv, d, bs, blocks) = (8, 2, 16, 4, 32);
+        // (cached tokens before this step, new tokens) per sequence: decode, prefill,
+        // chunked prefill, and an empty sequence.
+        let seqs = [(9usize, 1usize), (0, 7), (5, 6), (0, 0)];
+        let mut seed = 42u64;
+        for (window, softcap) in [(None, None), (Some(5), None), (None, Some(5.0))] {
+            let p = AttentionParams { scale: 0.25, causal: true, sliding_window: window, softcap };
+            let mut kc = vec![0f32; blocks * nkv * bs * d];
+            let mut vc = kc.clone();
+            let mut qsl = vec![0i32];
+            let mut lens = vec![];
+            let max_blocks = 4;
+            let mut tables = vec![0i32; seqs.len() * max_blocks];
+            let mut q = vec![];
+            let mut expect = vec![];
+            let mut next_block = 3; // scattered, not starting at 0
+            for (s, &(cached, new)) in seqs.iter().enumerate() {
+                let len = cached + new;
+                for b in 0..len.div_ceil(bs) {
+                    tables[s * max_blocks + b] = next_block;
+                    next_block += 5;
+                    next_block %= blocks as i32;
+                }
+                let mut keys = vec![vec![vec![0f32; d]; len]; nkv];
+                let mut vals = keys.clone();
+                for pos in 0..len {
+                    let blk = tables[s * max_blocks + pos / bs] as usize;
+                    for h in 0..nkv {
+                        for i in 0..d {
+                            let (k, v) = (rand(&mut seed), rand(&mut seed));
+                            let at = ((blk * nkv + h) * bs + pos % bs) * d + i;
+                            kc[at] = k;
+                            vc[at] = v;
+                            keys[h][pos][i] = k;
+                            vals[h][pos][i] = v;
+                        }
+                    }
+                }
+                for j in 0..new {
+                    for h in 0..nh {
+                        let qh: Vec<f32> = (0..d).map(|_| rand(&mut seed)).collect();
+                        expect.extend(naive(&qh, &keys[h / (nh / nkv)], &vals[h / (nh / nkv)], cached + j, &p));
+                        q.extend(qh);
+                    }
+                }
+                qsl.push(qsl.last().copied().unwrap_or(0) + new as i32);
+                lens.push(len as i32);
+            }
+            let b = Batch { query_start_loc: &qsl, seq_lens: &lens, block_tables: &tables, max_blocks };
+            let g = Geometry { num_heads: nh, num_kv_heads: nkv, head_dim: d, num_blocks: blocks, block_size: bs };
+            let mut out = vec![0f32; q.len()];
+            paged_attention(&q, &kc, &vc, &b, &g, &p, &mut out).expect("attention");
+            let err = out.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "f32 cache, window {window:?}, softcap {softcap:?}: max error {err}");
+
+            // A bf16 cache holding the same (rounded) values agrees to bf16 precision.
+            let kb: Vec<bf16> = kc.iter().map(|&x| bf16::from_f32(x)).collect();
+            let vb: Vec<bf16> = vc.iter().map(|&x| bf16::from_f32(x)).collect();
+            let mut out_b = vec![0f32; q.len()];
+            paged_attention(&q, &kb, &vb, &b, &g, &p, &mut out_b).expect("attention");
+            let err = out_b.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 2e-2, "bf16 cache: max error {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_block_ids_outside_the_cache() {
+        let g = Geometry { num_heads: 1, num_kv_heads: 1, head_dim: 2, num_blocks: 2, block_size: 2 };
+        let b = Batch { query_start_loc: &[0, 1], seq_lens: &[1], block_tables: &[7], max_blocks: 1 };
+        let p = AttentionParams { scale: 1.0, causal: true, sliding_window: None, softcap: None };
+        let mut out = vec![0f32; 2];
+        let e = paged_attention(&[1.0, 1.0], &[0f32; 8], &[0f32; 8], &b, &g, &p, &mut out).unwrap_err();
+        assert!(e.to_string().contains("block id 7"), "{e}");
+    }
+}

@@ -99,7 +99,7 @@ impl Device for CpuDevice {
             activation_dtype: DType::F32,
             kv_dtypes: vec![DType::F32, DType::BF16],
             kv_layout: KvLayout::BlockHeadToken,
-            block_sizes: vec![8, 16, 32, 64],
+            block_sizes: vec![1, 2, 4, 8, 16, 32, 64, 128, 256],
             graph_capture: false,
             exact_shapes: true,
         }

@@ -1,18 +1,22 @@
-//! Dense matmul of f32 activations against linear-layer weights, the hot path
+//! Dense matmul of f32 activations against linear-layer weights: the hot path
 //! of the CPU backend.
 //!
 //! `out[t, j] = sum_i x[t, i] * w[j, i] (+ bias[j])`, with `w` in the HF layout
-//! `[out_features, in_features]`, f32 or bf16. The SIMD microkernels live in
-//! `simd.rs`; this file does the cache blocking and the threading:
+//! `[out_features, in_features]`, f32 or bf16. The SIMD microkernels (4 tokens
+//! x 4 rows of register accumulators, see `simd.rs`) walk the operands in
+//! place; this file cuts the output into tasks for the rayon pool:
 //!
-//! * **Decode** (`m <= 4`): memory-bandwidth bound. The rows of `w` are split
-//!   into a few contiguous chunks per thread and each chunk is streamed once,
-//!   all tokens at a time, bf16 widened in registers. No `k` blocking.
-//! * **Prefill** (`m > 4`): compute bound. Tasks are (token chunk <= 128) x
-//!   (row chunk); within a task `k` is cut into tiles of ~512 so the token
-//!   block `mc x kc` stays in L2 while each 4-row weight micro-panel stays in
-//!   L1 across all token groups. bf16 weights are widened once per panel into
-//!   an f32 scratch buffer (16 rows x kc), not once per token group.
+//! * **Decode** (`m <= 4`) is memory-bandwidth bound: the rows of `w` are split
+//!   into ~4 contiguous chunks per thread (>= 16 rows, >= 64K multiply-adds),
+//!   and each row is streamed from memory exactly once for all tokens, bf16
+//!   widened in registers. The kernels prefetch the next group of rows.
+//! * **Prefill** (`m > 4`) is compute bound: tasks are (<= 128 tokens) x (row
+//!   chunk), split over tokens as well when `n` is small. Every weight vector
+//!   loaded (and widened) serves 4 tokens and every activation vector 4 rows.
+//!
+//! Measured on Zen 4 (see `matmul_bench`), copying operands into packed,
+//! padded or `k`-tiled buffers was slower than this, so there is none: bf16
+//! prefill runs at ~90% of the FMA peak, f32 at 70-90%.
 
 use crate::simd::{self, Level, Tile, WElem};
 use half::bf16;
@@ -30,11 +34,13 @@ pub enum WeightRows<'a> {
 /// `0..m`, `j` in `0..n`.
 ///
 /// `x`: `[m, k]` f32, `w`: `[n, k]`, `bias`: `[n]`, `out`: `[m, n]` f32.
+/// Activations stay exact f32 (bf16 weights are widened, never the reverse).
 /// Multithreaded on the current rayon pool.
 ///
 /// # Panics
-/// If a slice is shorter than its shape says (a caller bug; checked because
-/// the kernels index with raw pointers).
+/// If a slice is shorter than its shape says: a caller bug, checked in
+/// release builds too because the kernels index with raw pointers (debug
+/// builds also check that the lengths are exact).
 pub fn matmul(
     x: &[f32],
     m: usize,
@@ -53,7 +59,8 @@ pub fn simd_level() -> &'static str {
     simd::level().name()
 }
 
-/// [`matmul`] with an explicit SIMD level (tests and benchmarks compare them).
+/// [`matmul`] with an explicit SIMD level (tests and benchmarks compare them;
+/// a level the CPU lacks runs the scalar kernels).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_with(
     level: Level,
@@ -65,45 +72,29 @@ pub(crate) fn matmul_with(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let threads = rayon::current_num_threads();
+    let plan = Plan::new(m, k, n, rayon::current_num_threads());
     match w {
-        WeightRows::F32(w) => {
-            let plan = Plan::new(m, k, n, threads, false);
-            run(level, plan, x, m, k, w, n, bias, out);
-        }
-        WeightRows::BF16(w) => {
-            let plan = Plan::new(m, k, n, threads, true);
-            run(level, plan, x, m, k, w, n, bias, out);
-        }
+        WeightRows::F32(w) => run(level, plan, x, m, k, w, n, bias, out),
+        WeightRows::BF16(w) => run(level, plan, x, m, k, w, n, bias, out),
     }
 }
 
-/// Up to this many tokens the call is treated as decode (bandwidth bound).
+/// Up to this many tokens a call is decode (one token group of the kernels).
 const DECODE_M: usize = 4;
-/// Target `k` tile for prefill: 128 tokens x 512 f32 = 256 KiB of activations.
-const KC_TARGET: usize = 512;
-/// Most tokens per task, so the token block stays in L2.
+/// Most tokens per task, so the activation block stays around L2 size.
 const MC_MAX: usize = 128;
-/// Row chunks are multiples of this (whole microkernels, whole cache lines).
+/// Row chunks are multiples of this (whole microkernels).
 const ROW_ALIGN: usize = 16;
-/// Rows of bf16 weights widened to f32 at a time in prefill.
-const PACK_ROWS: usize = 16;
-/// Tasks per rayon thread, for load balance on shared/noisy cores.
+/// Tasks per rayon thread, for load balance on shared or noisy cores.
 const TASKS_PER_THREAD: usize = 4;
-/// Least multiply-adds per task, to keep rayon overhead (~µs) negligible.
+/// Least multiply-adds per task, so rayon's overhead (~µs) stays negligible.
 const MIN_TASK_MACS: usize = 1 << 16;
 
-/// How a call is cut into tasks and tiles.
+/// How a call is cut into tasks: a grid of `mc` tokens x `nc` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
-    /// Tokens per task.
     mc: usize,
-    /// Weight rows per task.
     nc: usize,
-    /// Columns per `k` tile.
-    kc: usize,
-    /// Widen bf16 weight panels into an f32 buffer before the kernels.
-    pack: bool,
 }
 
 fn round_up(v: usize, to: usize) -> usize {
@@ -111,15 +102,8 @@ fn round_up(v: usize, to: usize) -> usize {
 }
 
 impl Plan {
-    /// Needs `m, k, n >= 1`.
-    fn new(m: usize, k: usize, n: usize, threads: usize, bf16: bool) -> Plan {
+    fn new(m: usize, k: usize, n: usize, threads: usize) -> Plan {
         let (m, k, n) = (m.max(1), k.max(1), n.max(1));
-        let kc = if m <= DECODE_M {
-            k
-        } else {
-            let tiles = ((k + KC_TARGET / 2) / KC_TARGET).max(1);
-            round_up(k.div_ceil(tiles), 16).min(k)
-        };
         let macs = m.saturating_mul(k).saturating_mul(n);
         let target = if threads <= 1 {
             1
@@ -136,23 +120,23 @@ impl Plan {
         }
         let mc = if m <= DECODE_M { m } else { round_up(m.div_ceil(m_tasks), DECODE_M).min(m) };
         let nc = round_up(n.div_ceil(n_tasks), ROW_ALIGN).min(n);
-        Plan { mc, nc, kc, pack: bf16 && m > DECODE_M }
+        Plan { mc, nc }
     }
 }
 
-/// `*mut f32` that tasks share; each task writes only its own block.
+/// `*mut f32` shared by the tasks; each task writes only its own block.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 
-// SAFETY: the pointer is only dereferenced inside `block`, on the disjoint
-// (token range x row range) block of one task, so sharing it between threads
+// SAFETY: the pointer is only dereferenced by `run`'s tasks, each on its own
+// disjoint (token range x row range) block, so sharing it between threads
 // cannot create a data race.
 unsafe impl Send for OutPtr {}
 // SAFETY: as for Send.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    // A method (not field access) so closures capture the Sync wrapper.
+    // A method, not a field access, so closures capture the Sync wrapper.
     fn get(self) -> *mut f32 {
         self.0
     }
@@ -174,13 +158,11 @@ fn run<W: WElem>(
     debug_assert_eq!(Some(w.len()), n.checked_mul(k), "matmul: w is not [n, k]");
     debug_assert_eq!(Some(out.len()), m.checked_mul(n), "matmul: out is not [m, n]");
     debug_assert!(bias.is_none_or(|b| b.len() == n), "matmul: bias is not [n]");
-    // Release-mode guards that make the raw-pointer writes below sound.
+    // Release-mode guard that makes the raw-pointer writes below sound (the
+    // kernels check `x` and `w` themselves).
     assert!(
-        m.checked_mul(n).is_some_and(|l| l <= out.len())
-            && m.checked_mul(k).is_some_and(|l| l <= x.len())
-            && n.checked_mul(k).is_some_and(|l| l <= w.len())
-            && bias.is_none_or(|b| b.len() >= n),
-        "matmul: slice shorter than its shape"
+        m.checked_mul(n).is_some_and(|l| l <= out.len()) && bias.is_none_or(|b| b.len() >= n),
+        "matmul: out or bias shorter than its shape"
     );
     if m == 0 || n == 0 {
         return;
@@ -195,85 +177,37 @@ fn run<W: WElem>(
         return;
     }
     let (mc, nc) = (plan.mc.clamp(1, m), plan.nc.clamp(1, n));
-    let plan = Plan { mc, nc, kc: plan.kc.clamp(1, k), pack: plan.pack && W::IS_BF16 };
     let (m_tasks, n_tasks) = (m.div_ceil(mc), n.div_ceil(nc));
     let out_ptr = OutPtr(out.as_mut_ptr());
     let task = |idx: usize| {
         let (ti, ni) = (idx / n_tasks, idx % n_tasks);
         let (t0, j0) = (ti * mc, ni * nc);
         let (t1, j1) = ((t0 + mc).min(m), (j0 + nc).min(n));
-        // SAFETY: `out` holds at least m*n elements (asserted above) and task
-        // `idx` is the only one touching tokens t0..t1 x rows j0..j1 (the
-        // (ti, ni) grid partitions [0, m) x [0, n)).
-        unsafe { block(level, plan, x, k, w, n, bias, (t0, t1), (j0, j1), out_ptr.get()) };
+        let (mt, nt) = (t1 - t0, j1 - j0);
+        // `x` and `w` may be short: `simd::tile` checks them (and panics).
+        let xs = x.get(t0 * k..).unwrap_or_default();
+        let ws = w.get(j0 * k..).unwrap_or_default();
+        let tile = Tile { x: xs, ldx: k, m: mt, w: ws, ldw: k, n: nt, k };
+        // SAFETY: the tile writes out[(t0 + t) * n + j0 + j] for t < mt,
+        // j < nt: inside `out` (m*n elements, asserted above), and only this
+        // task touches tokens t0..t1 x rows j0..j1, since the (ti, ni) grid
+        // partitions [0, m) x [0, n).
+        unsafe { simd::tile(level, tile, out_ptr.get().add(t0 * n + j0), n, false) };
+        if let Some(b) = bias {
+            for t in t0..t1 {
+                // SAFETY: row t of this task's block, as above.
+                let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + j0), nt) };
+                for (o, bj) in row.iter_mut().zip(&b[j0..j1]) {
+                    *o += bj;
+                }
+            }
+        }
     };
     let tasks = m_tasks * n_tasks;
     if tasks == 1 {
         task(0);
     } else {
         (0..tasks).into_par_iter().for_each(task);
-    }
-}
-
-/// One task: tokens `t0..t1` x rows `j0..j1` of the output, over all of `k`.
-///
-/// # Safety
-/// `out` is an `[m, n]` row-major buffer with `t1 <= m`, `j1 <= n`, and no
-/// other thread accesses its elements `(t, j)`, `t0 <= t < t1`, `j0 <= j < j1`
-/// during the call. `x` is `[m, k]`, `w` is `[n, k]`, `bias` is `[n]`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block<W: WElem>(
-    level: Level,
-    plan: Plan,
-    x: &[f32],
-    k: usize,
-    w: &[W],
-    n: usize,
-    bias: Option<&[f32]>,
-    (t0, t1): (usize, usize),
-    (j0, j1): (usize, usize),
-    out: *mut f32,
-) {
-    let (mt, nt) = (t1 - t0, j1 - j0);
-    // SAFETY: (t0, j0) is inside the [m, n] buffer.
-    let out_blk = out.add(t0 * n + j0);
-    let mut buf = if plan.pack { vec![0.0f32; PACK_ROWS.min(nt) * plan.kc] } else { Vec::new() };
-    let mut k0 = 0;
-    while k0 < k {
-        let kl = plan.kc.min(k - k0);
-        let accumulate = k0 > 0;
-        // Tokens t0.. from column k0; `simd::tile` bounds-checks it.
-        let xs = &x[t0 * k + k0..];
-        if plan.pack {
-            let mut jb = 0;
-            while jb < nt {
-                let nb = PACK_ROWS.min(nt - jb);
-                for r in 0..nb {
-                    let row = (j0 + jb + r) * k + k0;
-                    simd::widen(level, &w[row..row + kl], &mut buf[r * kl..(r + 1) * kl]);
-                }
-                let tile = Tile { x: xs, ldx: k, m: mt, w: &buf[..nb * kl], ldw: kl, n: nb, k: kl };
-                // SAFETY: the tile writes tokens t0..t1 x rows j0+jb..j0+jb+nb,
-                // inside this task's block (contract of `block`).
-                simd::tile(level, tile, out_blk.add(jb), n, accumulate);
-                jb += nb;
-            }
-        } else {
-            let tile = Tile { x: xs, ldx: k, m: mt, w: &w[j0 * k + k0..], ldw: k, n: nt, k: kl };
-            // SAFETY: the tile writes exactly this task's block.
-            simd::tile(level, tile, out_blk, n, accumulate);
-        }
-        k0 += kl;
-    }
-    if let Some(b) = bias {
-        let b = &b[j0..j1];
-        for t in 0..mt {
-            // SAFETY: row t0+t, columns j0..j1 of `out`: this task's block.
-            let row = std::slice::from_raw_parts_mut(out_blk.add(t * n), nt);
-            for (o, bj) in row.iter_mut().zip(b) {
-                *o += bj;
-            }
-        }
     }
 }
 
@@ -407,11 +341,11 @@ mod tests {
     fn matmul_forced_plans_every_level() {
         let mut rng = Rng(42);
         let plans = [
-            Plan { mc: 4, nc: 16, kc: 16, pack: false },
-            Plan { mc: 8, nc: 16, kc: 48, pack: true },
-            Plan { mc: 5, nc: 7, kc: 33, pack: true },
-            Plan { mc: 1, nc: 1, kc: 1000, pack: false },
-            Plan { mc: 64, nc: 100, kc: 7, pack: true },
+            Plan { mc: 4, nc: 16, pad_x: false },
+            Plan { mc: 8, nc: 16, pad_x: true },
+            Plan { mc: 5, nc: 7, pad_x: true },
+            Plan { mc: 1, nc: 1, pad_x: false },
+            Plan { mc: 64, nc: 100, pad_x: true },
         ];
         for level in levels() {
             for plan in plans {
@@ -483,18 +417,18 @@ mod tests {
     #[test]
     fn matmul_plan_shapes() {
         // Decode: one token block, rows split into >= 16-row chunks, no k tiling.
-        let p = Plan::new(1, 576, 1536, 2, false);
-        assert_eq!((p.mc, p.kc, p.pack), (1, 576, false));
+        let p = Plan::new(1, 576, 1536, 2);
+        assert_eq!((p.mc, p.pad_x), (1, false));
         assert_eq!(p.nc % ROW_ALIGN, 0);
         assert!(1536usize.div_ceil(p.nc) >= 4);
-        // Prefill: k tiled, bf16 packed.
-        let p = Plan::new(128, 2048, 8192, 2, true);
-        assert_eq!((p.mc, p.kc, p.pack), (128, 512, true));
+        // Prefill: one token block of 128, padded activations.
+        let p = Plan::new(128, 2048, 8192, 2);
+        assert_eq!((p.mc, p.pad_x), (128, true));
         // Tiny: a single task.
-        let p = Plan::new(2, 16, 16, 8, false);
+        let p = Plan::new(2, 16, 16, 8);
         assert_eq!((p.mc, p.nc), (2, 16));
         // Small n, many tokens: split over tokens too.
-        let p = Plan::new(256, 512, 16, 4, false);
+        let p = Plan::new(256, 512, 16, 4);
         assert!(256usize.div_ceil(p.mc) >= 4, "{p:?}");
     }
 
@@ -528,7 +462,24 @@ mod tests {
         }
         drop(big);
         println!("threads={threads} simd={} read bandwidth (512 MiB sum, best of 5): {bw:.1} GB/s", simd_level());
-        println!("{:<7} {:>5} {:>6} {:>6} {:>5} {:>10} {:>8} {:>8}", "level", "m", "k", "n", "dtype", "time", "GFLOP/s", "W GB/s");
+        println!(
+            "{:<7} {:>4} {:>5} {:>6} {:>5} | {:>9} {:>8} {:>7} | {:>9} {:>8} {:>7}",
+            "level", "m", "k", "n", "dtype", "time", "GFLOP/s", "W GB/s", "1 thread", "GFLOP/s", "W GB/s"
+        );
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("1-thread pool");
+        // Median time of ~0.3 s of repetitions.
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let mut times = Vec::new();
+            let start = Instant::now();
+            while start.elapsed().as_secs_f64() < 0.3 || times.len() < 5 {
+                let t = Instant::now();
+                f();
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
 
         let mut rng = Rng(1);
         let shapes = [(1, 576, 1536), (1, 576, 49152), (1, 2048, 8192), (128, 576, 1536), (128, 2048, 8192)];
@@ -546,24 +497,18 @@ mod tests {
                     let wt = if is_bf16 { WeightRows::BF16(&wb) } else { WeightRows::F32(&w) };
                     let wbytes = (n * k * if is_bf16 { 2 } else { 4 }) as f64;
                     let flops = 2.0 * (m * n * k) as f64;
-                    matmul_with(level, &x, m, k, wt, n, None, &mut out);
-                    // Repeat for ~0.4 s, keep the median iteration time.
-                    let mut times = Vec::new();
-                    let start = Instant::now();
-                    while start.elapsed().as_secs_f64() < 0.4 || times.len() < 5 {
-                        let t = Instant::now();
-                        matmul_with(level, &x, m, k, wt, n, None, &mut out);
-                        times.push(t.elapsed().as_secs_f64());
-                    }
-                    times.sort_by(f64::total_cmp);
-                    let med = times[times.len() / 2];
+                    let t2 = time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out));
+                    let t1 = one.install(|| time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out)));
                     println!(
-                        "{:<7} {m:>5} {k:>6} {n:>6} {:>5} {:>8.1}us {:>8.1} {:>8.1}",
+                        "{:<7} {m:>4} {k:>5} {n:>6} {:>5} | {:>7.0}us {:>8.1} {:>7.1} | {:>7.0}us {:>8.1} {:>7.1}",
                         level.name(),
                         if is_bf16 { "bf16" } else { "f32" },
-                        med * 1e6,
-                        flops / med / 1e9,
-                        wbytes / med / 1e9
+                        t2 * 1e6,
+                        flops / t2 / 1e9,
+                        wbytes / t2 / 1e9,
+                        t1 * 1e6,
+                        flops / t1 / 1e9,
+                        wbytes / t1 / 1e9
                     );
                 }
             }

@@ -331,6 +331,26 @@ pub(crate) fn widen<W: WElem>(level: Level, src: &[W], dst: &mut [f32]) {
     }
 }
 
+/// Hints the CPU to bring `data` into the L2 cache (no-op off x86_64).
+#[inline]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let p = data.as_ptr().cast::<i8>();
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: `prefetch` is SSE (baseline on x86_64), has no
+            // architectural effect and never faults; `off < bytes` keeps the
+            // address inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 // ---------------------------------------------------------------------------
 // Scalar
 // ---------------------------------------------------------------------------
@@ -496,7 +516,7 @@ mod avx512 {
                 // hardware prefetcher does not for short rows. A prefetch
                 // never faults, and `wrapping_add` keeps the address
                 // computation defined even past the end of `w`.
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((c + C) * ldw + i).cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add((c + C) * ldw + i).cast::<i8>());
             }
         }
         for (r, row) in acc.iter_mut().enumerate() {
@@ -637,13 +657,14 @@ mod avx2 {
             let (wj, oj) = (w.add(j * ldw), out.add(j));
             let mut t = 0;
             while t + MR <= m {
-                micro::<W, MR, NR>(x.add(t * ldx), ldx, wj, ldw, k, oj.add(t * ldo), ldo, accumulate);
+                let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
+                micro::<W, MR, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, t == 0);
                 t += MR;
             }
-            let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
+            let (xt, ot, pf) = (x.add(t * ldx), oj.add(t * ldo), t == 0);
             match m - t {
-                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
-                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
+                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
+                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
                 _ => {}
             }
             j += NR;
@@ -652,13 +673,14 @@ mod avx2 {
             let (wj, oj) = (w.add(j * ldw), out.add(j));
             let mut t = 0;
             while t + MR <= m {
-                micro::<W, MR, 1>(x.add(t * ldx), ldx, wj, ldw, k, oj.add(t * ldo), ldo, accumulate);
+                let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
+                micro::<W, MR, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false);
                 t += MR;
             }
             let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
             match m - t {
-                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
-                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
+                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
+                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
                 _ => {}
             }
             j += 1;
@@ -679,19 +701,26 @@ mod avx2 {
         out: *mut f32,
         ldo: usize,
         accumulate: bool,
+        prefetch: bool,
     ) {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut i = 0;
         // SAFETY: i + 8 <= k: columns i..i+8 in bounds for every row.
         while i + 8 <= k {
-            let mut wv = [_mm256_setzero_ps(); C];
-            for (c, v) in wv.iter_mut().enumerate() {
-                *v = W::load8(w.add(c * ldw + i));
+            // R activation vectors live across the step; one weight vector
+            // at a time: R*C + R + 1 <= 16 registers for 3x4.
+            let mut xv = [_mm256_setzero_ps(); R];
+            for (r, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(x.add(r * ldx + i));
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(x.add(r * ldx + i));
-                for (a, wc) in row.iter_mut().zip(&wv) {
-                    *a = _mm256_fmadd_ps(xv, *wc, *a);
+            for c in 0..C {
+                let wc = W::load8(w.add(c * ldw + i));
+                if prefetch {
+                    // Next row group, same columns (see avx512::step).
+                    _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add((c + C) * ldw + i).cast::<i8>());
+                }
+                for (row, xr) in acc.iter_mut().zip(&xv) {
+                    row[c] = _mm256_fmadd_ps(*xr, wc, row[c]);
                 }
             }
             i += 8;

@@ -58,6 +58,9 @@ pub struct OpenOptions {
     pub threads: Option<usize>,
 }
 
+/// Backends the design names that a build may not include yet.
+const PLANNED: &[&str] = &["cuda", "rocm", "gaudi", "tpu", "reference"];
+
 /// Every linked backend, sorted by name.
 pub fn backends() -> Vec<&'static BackendEntry> {
     let mut v: Vec<_> = inventory::iter::<BackendEntry>.into_iter().collect();
@@ -87,10 +90,10 @@ pub fn open_device(spec: &str, threads: Option<usize>) -> Result<Arc<dyn Device>
         }
         None => (spec, 0),
     };
-    let entry = backends()
-        .into_iter()
-        .find(|b| b.name == name)
-        .ok_or_else(|| Error::device(spec, format!("unknown device; choose one of: auto, {}", names())))?;
+    let entry = backends().into_iter().find(|b| b.name == name).ok_or_else(|| {
+        let why = if PLANNED.contains(&name) { "this build has no such backend yet" } else { "unknown device" };
+        Error::device(spec, format!("{why}; choose one of: auto, {}", names()))
+    })?;
     let probe = (entry.probe)();
     if !probe.available() {
         let why = probe.reason.unwrap_or_else(|| "no device found".into());

@@ -124,12 +124,22 @@ impl WeightSource for RandomWeights {
             // Uniform in [-a, a] with a = sqrt(3 / fan_in): unit-variance outputs.
             let fan_in = *shape.last().unwrap_or(&1) as f32;
             let a = if name.ends_with("embed_tokens.weight") { 1.0 } else { (3.0 / fan_in).sqrt() };
-            (0..n as u64)
-                .map(|i| {
-                    let u = (splitmix64(key.wrapping_add(i)) >> 40) as f32 / (1u64 << 24) as f32;
-                    (2.0 * u - 1.0) * a
-                })
-                .collect()
+            let mut data = vec![0f32; n];
+            // Filled in parallel chunks: a 1B-parameter model is billions of draws.
+            let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
+            let chunk = n.div_ceil(threads).max(1 << 16);
+            std::thread::scope(|s| {
+                for (c, part) in data.chunks_mut(chunk).enumerate() {
+                    s.spawn(move || {
+                        let base = (c * chunk) as u64;
+                        for (i, v) in part.iter_mut().enumerate() {
+                            let u = (splitmix64(key.wrapping_add(base + i as u64)) >> 40) as f32 / (1u64 << 24) as f32;
+                            *v = (2.0 * u - 1.0) * a;
+                        }
+                    });
+                }
+            });
+            data
         };
         HostTensor::f32(shape, data).to_dtype(dtype)
     }
