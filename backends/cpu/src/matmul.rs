@@ -192,7 +192,7 @@ fn run<W: WElem>(
         // j < nt: inside `out` (m*n elements, asserted above), and only this
         // task touches tokens t0..t1 x rows j0..j1, since the (ti, ni) grid
         // partitions [0, m) x [0, n).
-        unsafe { simd::tile(level, tile, out_ptr.get().add(t0 * n + j0), n, false) };
+        unsafe { simd::tile(level, tile, out_ptr.get().add(t0 * n + j0), n) };
         if let Some(b) = bias {
             for t in t0..t1 {
                 // SAFETY: row t of this task's block, as above.
@@ -335,17 +335,18 @@ mod tests {
         assert!(["avx512", "avx2", "neon", "scalar"].contains(&simd_level()));
     }
 
-    /// Small forced tiles: k blocking (accumulate path, ragged last tile),
-    /// bf16 panel widening, many tasks split over tokens and rows.
+    /// Forced task grids: many tasks, ragged last blocks over tokens and rows,
+    /// and blocks that do not line up with the microkernels.
     #[test]
     fn matmul_forced_plans_every_level() {
         let mut rng = Rng(42);
         let plans = [
-            Plan { mc: 4, nc: 16, pad_x: false },
-            Plan { mc: 8, nc: 16, pad_x: true },
-            Plan { mc: 5, nc: 7, pad_x: true },
-            Plan { mc: 1, nc: 1, pad_x: false },
-            Plan { mc: 64, nc: 100, pad_x: true },
+            Plan { mc: 4, nc: 16 },
+            Plan { mc: 8, nc: 16 },
+            Plan { mc: 5, nc: 7 },
+            Plan { mc: 1, nc: 1 },
+            Plan { mc: 3, nc: 5 },
+            Plan { mc: 64, nc: 100 },
         ];
         for level in levels() {
             for plan in plans {
@@ -399,31 +400,18 @@ mod tests {
     }
 
     #[test]
-    fn matmul_widen_bf16_every_level() {
-        let mut rng = Rng(11);
-        for level in levels() {
-            for len in 0..70 {
-                let src: Vec<bf16> = (0..len).map(|_| bf16::from_f32(rng.f32() * 1e3)).collect();
-                let mut dst = vec![f32::NAN; len + 3];
-                simd::widen(level, &src, &mut dst);
-                for (d, s) in dst.iter().zip(&src) {
-                    assert_eq!(d.to_bits(), s.to_f32().to_bits());
-                }
-                assert!(dst[len..].iter().all(|v| v.is_nan()));
-            }
-        }
-    }
-
-    #[test]
     fn matmul_plan_shapes() {
-        // Decode: one token block, rows split into >= 16-row chunks, no k tiling.
+        // Decode: one token block, rows split into >= 4 chunks of 16k rows.
         let p = Plan::new(1, 576, 1536, 2);
-        assert_eq!((p.mc, p.pad_x), (1, false));
+        assert_eq!(p.mc, 1);
         assert_eq!(p.nc % ROW_ALIGN, 0);
         assert!(1536usize.div_ceil(p.nc) >= 4);
-        // Prefill: one token block of 128, padded activations.
+        // Prefill: one token block of 128, 8 row chunks.
         let p = Plan::new(128, 2048, 8192, 2);
-        assert_eq!((p.mc, p.pad_x), (128, true));
+        assert_eq!((p.mc, p.nc), (128, 1024));
+        // Long prompt: token blocks of at most 128.
+        let p = Plan::new(500, 576, 1536, 2);
+        assert_eq!(p.mc, 128);
         // Tiny: a single task.
         let p = Plan::new(2, 16, 16, 8);
         assert_eq!((p.mc, p.nc), (2, 16));

@@ -8,15 +8,17 @@
 //! (both operands contiguous along `k`, the HF `[out, in]` weight layout):
 //!
 //! ```text
-//! out[t*ldo + j] (= or +=) sum_{i<k} x[t*ldx + i] * w[j*ldw + i]     t < m, j < n
+//! out[t*ldo + j] = sum_{i<k} x[t*ldx + i] * w[j*ldw + i]     t < m, j < n
 //! ```
 //!
 //! Inside a tile each path walks groups of `NR` weight rows and, for each,
 //! groups of `MR` tokens, keeping an `MR x NR` block of vector accumulators in
 //! registers: every weight vector is loaded (and for bf16, widened) once per
 //! token group and every activation vector once per row group. The per-row
-//! partial vectors are summed horizontally only once, at the end of the tile.
-//! Blocking over `k`, tiling for the caches and threading live in `matmul.rs`.
+//! partial vectors are summed horizontally once, at the end of the row. For
+//! decode-sized token counts the first token group of each row group also
+//! prefetches the next row group, whose short rows the hardware prefetcher
+//! would otherwise pick up late. Threading lives in `matmul.rs`.
 //!
 //! Activations stay exact f32; bf16 weights are widened to f32 exactly (a
 //! 16-bit shift), and all arithmetic is f32.
@@ -114,9 +116,6 @@ pub(crate) fn level() -> Level {
 
 /// Element type of weight rows: f32 or bf16. Sealed to those two.
 pub(crate) trait WElem: Copy + Send + Sync + sealed::Sealed + 'static {
-    /// Whether this is a 16-bit type that kernels widen on load.
-    const IS_BF16: bool;
-
     /// Exact conversion to f32.
     fn to_f32(self) -> f32;
 
@@ -157,8 +156,6 @@ mod sealed {
 }
 
 impl WElem for f32 {
-    const IS_BF16: bool = false;
-
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -196,8 +193,6 @@ impl WElem for f32 {
 // `half::bf16` is `#[repr(transparent)]` over `u16` (its bit pattern), so a
 // `*const bf16` may be read as `*const u16`; bf16 -> f32 is `bits << 16`.
 impl WElem for bf16 {
-    const IS_BF16: bool = true;
-
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits(u32::from(self.to_bits()) << 16)
@@ -260,20 +255,19 @@ fn needed_len(rows: usize, ld: usize, k: usize) -> Option<usize> {
 
 /// Computes a tile with the kernels of `level` (or the scalar ones if the CPU
 /// does not support `level`):
-/// `out[t*ldo + j] = sum_i x[t*ldx + i] * w[j*ldw + i]`, or `+=` when
-/// `accumulate`, for `t < m`, `j < n`, `i < k`.
+/// `out[t*ldo + j] = sum_i x[t*ldx + i] * w[j*ldw + i]` for `t < m`, `j < n`,
+/// `i < k`.
 ///
 /// Panics if `x` or `w` is too short for the shape (a caller bug).
 ///
 /// # Safety
-/// `out.add(t*ldo + j)` must be valid for reads and writes for every `t < m`,
-/// `j < n`, and no other thread may access those elements during the call.
+/// `out.add(t*ldo + j)` must be valid for writes for every `t < m`, `j < n`,
+/// and no other thread may access those elements during the call.
 pub(crate) unsafe fn tile<W: WElem>(
     level: Level,
     tile: Tile<'_, W>,
     out: *mut f32,
     ldo: usize,
-    accumulate: bool,
 ) {
     let Tile { x, ldx, m, w, ldw, n, k } = tile;
     if m == 0 || n == 0 {
@@ -296,59 +290,14 @@ pub(crate) unsafe fn tile<W: WElem>(
     match level {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if avx512_supported() => {
-            avx512::tile(xp, ldx, m, wp, ldw, n, k, out, ldo, accumulate)
+            avx512::tile(xp, ldx, m, wp, ldw, n, k, out, ldo)
         }
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if avx2_supported() => avx2::tile(xp, ldx, m, wp, ldw, n, k, out, ldo, accumulate),
+        Level::Avx2 if avx2_supported() => avx2::tile(xp, ldx, m, wp, ldw, n, k, out, ldo),
         #[cfg(target_arch = "aarch64")]
-        Level::Neon if neon_supported() => neon::tile(xp, ldx, m, wp, ldw, n, k, out, ldo, accumulate),
-        _ => scalar::tile(xp, ldx, m, wp, ldw, n, k, out, ldo, accumulate),
+        Level::Neon if neon_supported() => neon::tile(xp, ldx, m, wp, ldw, n, k, out, ldo),
+        _ => scalar::tile(xp, ldx, m, wp, ldw, n, k, out, ldo),
     }
-}
-
-/// Widens `src` to f32 into `dst[..src.len()]` (a plain copy for f32).
-pub(crate) fn widen<W: WElem>(level: Level, src: &[W], dst: &mut [f32]) {
-    let dst = &mut dst[..src.len()];
-    let len = src.len();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if level == Level::Avx512 && avx512_supported() {
-            // SAFETY: the CPU has AVX-512 F+BW+VL (checked); `src` and `dst`
-            // both have `len` elements.
-            unsafe { avx512::widen(src.as_ptr(), dst.as_mut_ptr(), len) };
-            return;
-        }
-        if (level == Level::Avx2 || level == Level::Avx512) && avx2_supported() {
-            // SAFETY: the CPU has AVX2+FMA (checked); `src` and `dst` both
-            // have `len` elements.
-            unsafe { avx2::widen(src.as_ptr(), dst.as_mut_ptr(), len) };
-            return;
-        }
-    }
-    let _ = (level, len);
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = s.to_f32();
-    }
-}
-
-/// Hints the CPU to bring `data` into the L2 cache (no-op off x86_64).
-#[inline]
-pub(crate) fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let bytes = std::mem::size_of_val(data);
-        let p = data.as_ptr().cast::<i8>();
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: `prefetch` is SSE (baseline on x86_64), has no
-            // architectural effect and never faults; `off < bytes` keeps the
-            // address inside `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 // ---------------------------------------------------------------------------
@@ -393,7 +342,6 @@ mod scalar {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
     ) {
         for j in 0..n {
             // SAFETY: row j of w is readable for k elements (contract).
@@ -404,7 +352,7 @@ mod scalar {
                 let s = dot(xr, wr);
                 // SAFETY: t < m, j < n: out element is ours (contract).
                 let o = out.add(t * ldo + j);
-                *o = if accumulate { *o + s } else { s };
+                *o = s;
             }
         }
     }
@@ -428,7 +376,7 @@ mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512 F+BW+VL and AVX2+FMA; `x.add(t*ldx + i)` and
     /// `w.add(j*ldw + i)` are readable for t < m, j < n, i < k; `out.add(t*ldo
-    /// + j)` is ours to read and write for t < m, j < n.
+    /// + j)` is ours to write for t < m, j < n.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     pub(super) unsafe fn tile<W: WElem>(
@@ -441,7 +389,6 @@ mod avx512 {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
     ) {
         // SAFETY (every micro call): it covers tokens t..t+R and rows j..j+C
         // with t+R <= m and j+C <= n, and offsets x, w, out to that block, so
@@ -455,14 +402,14 @@ mod avx512 {
             let mut t = 0;
             while t + MR <= m {
                 let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
-                micro::<W, MR, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, t == 0);
+                micro::<W, MR, NR>(xt, ldx, wj, ldw, k, ot, ldo, t == 0);
                 t += MR;
             }
             let (xt, ot, pf) = (x.add(t * ldx), oj.add(t * ldo), t == 0);
             match m - t {
-                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
-                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
-                3 => micro::<W, 3, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
+                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, pf),
+                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, pf),
+                3 => micro::<W, 3, NR>(xt, ldx, wj, ldw, k, ot, ldo, pf),
                 _ => {}
             }
             j += NR;
@@ -473,14 +420,14 @@ mod avx512 {
             let mut t = 0;
             while t + MR <= m {
                 let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
-                micro::<W, MR, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false);
+                micro::<W, MR, 1>(xt, ldx, wj, ldw, k, ot, ldo, false);
                 t += MR;
             }
             let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
             match m - t {
-                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
-                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
-                3 => micro::<W, 3, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
+                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, false),
+                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, false),
+                3 => micro::<W, 3, 1>(xt, ldx, wj, ldw, k, ot, ldo, false),
                 _ => {}
             }
             j += 1;
@@ -546,7 +493,6 @@ mod avx512 {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
         prefetch: bool,
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -567,16 +513,13 @@ mod avx512 {
             let mut c = 0;
             while c + 4 <= C {
                 let s = reduce4(row[c], row[c + 1], row[c + 2], row[c + 3]);
-                // SAFETY: out columns c..c+4 < C belong to this block.
-                let p = o.add(c);
-                let s = if accumulate { _mm_add_ps(s, _mm_loadu_ps(p)) } else { s };
-                _mm_storeu_ps(p, s);
+                // SAFETY: out columns c..c+4 <= C belong to this block.
+                _mm_storeu_ps(o.add(c), s);
                 c += 4;
             }
             while c < C {
-                let s = _mm512_reduce_add_ps(row[c]);
-                let p = o.add(c);
-                *p = if accumulate { *p + s } else { s };
+                // SAFETY: out column c < C belongs to this block.
+                *o.add(c) = _mm512_reduce_add_ps(row[c]);
                 c += 1;
             }
         }
@@ -600,23 +543,6 @@ mod avx512 {
         let s = _mm256_add_ps(lo, hi);
         _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
     }
-
-    /// # Safety
-    /// CPU features as [`tile`]; `src..src+len` readable, `dst..dst+len` writable.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub(super) unsafe fn widen<W: WElem>(src: *const W, dst: *mut f32, len: usize) {
-        let mut i = 0;
-        // SAFETY: i + 16 <= len.
-        while i + 16 <= len {
-            _mm512_storeu_ps(dst.add(i), W::load16(src.add(i)));
-            i += 16;
-        }
-        if i < len {
-            let mask = ((1u32 << (len - i)) - 1) as __mmask16;
-            // SAFETY: the mask selects elements i..len only.
-            _mm512_mask_storeu_ps(dst.add(i), mask, W::load16_masked(src.add(i), mask));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -628,8 +554,8 @@ mod avx2 {
     use super::WElem;
     use std::arch::x86_64::*;
 
-    /// Tokens per microkernel. 3x4 = 12 ymm accumulators + 4 weight vectors of
-    /// the 16 registers (activations are folded into FMA memory operands).
+    /// Tokens per microkernel. 3x4 = 12 ymm accumulators + 3 activation
+    /// vectors + 1 weight vector: all 16 registers, no spills.
     const MR: usize = 3;
     /// Weight rows per microkernel.
     const NR: usize = 4;
@@ -648,7 +574,6 @@ mod avx2 {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
     ) {
         // SAFETY (every micro call): block tokens t..t+R <= m, rows j..j+C <=
         // n, pointers offset to the block; see avx512::tile.
@@ -658,13 +583,13 @@ mod avx2 {
             let mut t = 0;
             while t + MR <= m {
                 let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
-                micro::<W, MR, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, t == 0);
+                micro::<W, MR, NR>(xt, ldx, wj, ldw, k, ot, ldo, t == 0);
                 t += MR;
             }
             let (xt, ot, pf) = (x.add(t * ldx), oj.add(t * ldo), t == 0);
             match m - t {
-                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
-                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, pf),
+                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, pf),
+                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, pf),
                 _ => {}
             }
             j += NR;
@@ -674,13 +599,13 @@ mod avx2 {
             let mut t = 0;
             while t + MR <= m {
                 let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
-                micro::<W, MR, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false);
+                micro::<W, MR, 1>(xt, ldx, wj, ldw, k, ot, ldo, false);
                 t += MR;
             }
             let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
             match m - t {
-                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
-                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate, false),
+                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, false),
+                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, false),
                 _ => {}
             }
             j += 1;
@@ -700,7 +625,6 @@ mod avx2 {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
         prefetch: bool,
     ) {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
@@ -750,7 +674,7 @@ mod avx2 {
             for (c, &s) in srow.iter().enumerate() {
                 // SAFETY: r < R, c < C: this block's out element.
                 let p = out.add(r * ldo + c);
-                *p = if accumulate { *p + s } else { s };
+                *p = s;
             }
         }
     }
@@ -774,23 +698,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
         _mm_cvtss_f32(s)
-    }
-
-    /// # Safety
-    /// CPU has AVX2+FMA; `src..src+len` readable, `dst..dst+len` writable.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn widen<W: WElem>(src: *const W, dst: *mut f32, len: usize) {
-        let mut i = 0;
-        // SAFETY: i + 8 <= len.
-        while i + 8 <= len {
-            _mm256_storeu_ps(dst.add(i), W::load8(src.add(i)));
-            i += 8;
-        }
-        // SAFETY: i < len.
-        while i < len {
-            *dst.add(i) = (*src.add(i)).to_f32();
-            i += 1;
-        }
     }
 }
 
@@ -821,7 +728,6 @@ mod neon {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
     ) {
         // SAFETY (every micro call): block tokens t..t+R <= m, rows j..j+C <=
         // n, pointers offset to the block.
@@ -830,14 +736,14 @@ mod neon {
             let (wj, oj) = (w.add(j * ldw), out.add(j));
             let mut t = 0;
             while t + MR <= m {
-                micro::<W, MR, NR>(x.add(t * ldx), ldx, wj, ldw, k, oj.add(t * ldo), ldo, accumulate);
+                micro::<W, MR, NR>(x.add(t * ldx), ldx, wj, ldw, k, oj.add(t * ldo), ldo);
                 t += MR;
             }
             let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
             match m - t {
-                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
-                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
-                3 => micro::<W, 3, NR>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
+                1 => micro::<W, 1, NR>(xt, ldx, wj, ldw, k, ot, ldo),
+                2 => micro::<W, 2, NR>(xt, ldx, wj, ldw, k, ot, ldo),
+                3 => micro::<W, 3, NR>(xt, ldx, wj, ldw, k, ot, ldo),
                 _ => {}
             }
             j += NR;
@@ -846,14 +752,14 @@ mod neon {
             let (wj, oj) = (w.add(j * ldw), out.add(j));
             let mut t = 0;
             while t + MR <= m {
-                micro::<W, MR, 1>(x.add(t * ldx), ldx, wj, ldw, k, oj.add(t * ldo), ldo, accumulate);
+                micro::<W, MR, 1>(x.add(t * ldx), ldx, wj, ldw, k, oj.add(t * ldo), ldo);
                 t += MR;
             }
             let (xt, ot) = (x.add(t * ldx), oj.add(t * ldo));
             match m - t {
-                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
-                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
-                3 => micro::<W, 3, 1>(xt, ldx, wj, ldw, k, ot, ldo, accumulate),
+                1 => micro::<W, 1, 1>(xt, ldx, wj, ldw, k, ot, ldo),
+                2 => micro::<W, 2, 1>(xt, ldx, wj, ldw, k, ot, ldo),
+                3 => micro::<W, 3, 1>(xt, ldx, wj, ldw, k, ot, ldo),
                 _ => {}
             }
             j += 1;
@@ -874,7 +780,6 @@ mod neon {
         k: usize,
         out: *mut f32,
         ldo: usize,
-        accumulate: bool,
     ) {
         let mut acc = [[vdupq_n_f32(0.0); C]; R];
         let mut i = 0;
@@ -901,7 +806,7 @@ mod neon {
                 }
                 // SAFETY: r < R, c < C: this block's out element.
                 let p = out.add(r * ldo + c);
-                *p = if accumulate { *p + s } else { s };
+                *p = s;
             }
         }
     }
