@@ -118,7 +118,11 @@ impl Plan {
             // Few rows (small n): split the tokens further.
             m_tasks = m_tasks.max(target.div_ceil(n_tasks).min(m.div_ceil(DECODE_M)));
         }
-        let mc = if m <= DECODE_M { m } else { round_up(m.div_ceil(m_tasks), DECODE_M).min(m) };
+        let mc = if m <= DECODE_M {
+            m
+        } else {
+            round_up(m.div_ceil(m_tasks), DECODE_M).min(m)
+        };
         let nc = round_up(n.div_ceil(n_tasks), ROW_ALIGN).min(n);
         Plan { mc, nc }
     }
@@ -156,7 +160,11 @@ fn run<W: WElem>(
 ) {
     debug_assert_eq!(Some(x.len()), m.checked_mul(k), "matmul: x is not [m, k]");
     debug_assert_eq!(Some(w.len()), n.checked_mul(k), "matmul: w is not [n, k]");
-    debug_assert_eq!(Some(out.len()), m.checked_mul(n), "matmul: out is not [m, n]");
+    debug_assert_eq!(
+        Some(out.len()),
+        m.checked_mul(n),
+        "matmul: out is not [m, n]"
+    );
     debug_assert!(bias.is_none_or(|b| b.len() == n), "matmul: bias is not [n]");
     // Release-mode guard that makes the raw-pointer writes below sound (the
     // kernels check `x` and `w` themselves).
@@ -187,7 +195,15 @@ fn run<W: WElem>(
         // `x` and `w` may be short: `simd::tile` checks them (and panics).
         let xs = x.get(t0 * k..).unwrap_or_default();
         let ws = w.get(j0 * k..).unwrap_or_default();
-        let tile = Tile { x: xs, ldx: k, m: mt, w: ws, ldw: k, n: nt, k };
+        let tile = Tile {
+            x: xs,
+            ldx: k,
+            m: mt,
+            w: ws,
+            ldw: k,
+            n: nt,
+            k,
+        };
         // SAFETY: the tile writes out[(t0 + t) * n + j0 + j] for t < mt,
         // j < nt: inside `out` (m*n elements, asserted above), and only this
         // task touches tokens t0..t1 x rows j0..j1, since the (ti, ni) grid
@@ -196,7 +212,8 @@ fn run<W: WElem>(
         if let Some(b) = bias {
             for t in t0..t1 {
                 // SAFETY: row t of this task's block, as above.
-                let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + j0), nt) };
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + j0), nt) };
                 for (o, bj) in row.iter_mut().zip(&b[j0..j1]) {
                     *o += bj;
                 }
@@ -272,7 +289,10 @@ mod tests {
     }
 
     fn levels() -> Vec<Level> {
-        Level::ALL.into_iter().filter(|l| l.is_supported()).collect()
+        Level::ALL
+            .into_iter()
+            .filter(|l| l.is_supported())
+            .collect()
     }
 
     /// Runs one case at `level` with `plan` (or the default plan), f32 and
@@ -350,7 +370,13 @@ mod tests {
         ];
         for level in levels() {
             for plan in plans {
-                for (m, k, n) in [(1, 100, 33), (5, 100, 33), (17, 576, 40), (64, 130, 17), (9, 1, 5)] {
+                for (m, k, n) in [
+                    (1, 100, 33),
+                    (5, 100, 33),
+                    (17, 576, 40),
+                    (64, 130, 17),
+                    (9, 1, 5),
+                ] {
                     case(level, Some(plan), m, k, n, &mut rng);
                 }
             }
@@ -363,7 +389,13 @@ mod tests {
     fn matmul_simd_paths_agree_with_scalar() {
         let mut rng = Rng(3);
         for level in levels() {
-            for (m, k, n) in [(1, 31, 9), (4, 33, 8), (7, 47, 13), (16, 257, 19), (2, 1040, 70)] {
+            for (m, k, n) in [
+                (1, 31, 9),
+                (4, 33, 8),
+                (7, 47, 13),
+                (16, 257, 19),
+                (2, 1040, 70),
+            ] {
                 let x = rng.vec(m * k);
                 let w = rng.vec(n * k);
                 let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
@@ -428,33 +460,52 @@ mod tests {
         use std::time::Instant;
 
         let threads = rayon::current_num_threads();
-        // Memory read bandwidth: sum a 512 MiB array on all threads.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("1-thread pool");
+        // Memory read bandwidth: sum a 512 MiB array, one contiguous half per
+        // thread (and on one thread), best of 8.
         let big = vec![1.0f32; 128 << 20];
-        let mut bw = 0.0f64;
-        for _ in 0..5 {
-            let t = Instant::now();
-            let s: f32 = big
-                .par_chunks(1 << 16)
-                .map(|c| {
-                    let mut acc = [0.0f32; 16];
-                    for v in c.chunks_exact(16) {
-                        for l in 0..16 {
-                            acc[l] += v[l];
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum();
-            std::hint::black_box(s);
-            bw = bw.max((big.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
-        }
+        let sum = |c: &[f32]| {
+            let mut acc = [0.0f32; 16];
+            for v in c.chunks_exact(16) {
+                for l in 0..16 {
+                    acc[l] += v[l];
+                }
+            }
+            acc.iter().sum::<f32>()
+        };
+        let bandwidth = |threads: usize| {
+            let mut best = 0.0f64;
+            for _ in 0..8 {
+                let t = Instant::now();
+                let s: f32 = big.par_chunks(big.len().div_ceil(threads)).map(sum).sum();
+                std::hint::black_box(s);
+                best = best.max((big.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+            best
+        };
+        let (bw_all, bw_one) = (bandwidth(threads), one.install(|| bandwidth(1)));
         drop(big);
-        println!("threads={threads} simd={} read bandwidth (512 MiB sum, best of 5): {bw:.1} GB/s", simd_level());
+        println!(
+            "simd={} read bandwidth (512 MiB sum, best of 8): {bw_all:.1} GB/s on {threads} threads, {bw_one:.1} GB/s on 1",
+            simd_level()
+        );
         println!(
             "{:<7} {:>4} {:>5} {:>6} {:>5} | {:>9} {:>8} {:>7} | {:>9} {:>8} {:>7}",
-            "level", "m", "k", "n", "dtype", "time", "GFLOP/s", "W GB/s", "1 thread", "GFLOP/s", "W GB/s"
+            "level",
+            "m",
+            "k",
+            "n",
+            "dtype",
+            "time",
+            "GFLOP/s",
+            "W GB/s",
+            "1 thread",
+            "GFLOP/s",
+            "W GB/s"
         );
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("1-thread pool");
         // Median time of ~0.3 s of repetitions.
         let time = |f: &mut dyn FnMut()| {
             f();
@@ -470,7 +521,13 @@ mod tests {
         };
 
         let mut rng = Rng(1);
-        let shapes = [(1, 576, 1536), (1, 576, 49152), (1, 2048, 8192), (128, 576, 1536), (128, 2048, 8192)];
+        let shapes = [
+            (1, 576, 1536),
+            (1, 576, 49152),
+            (1, 2048, 8192),
+            (128, 576, 1536),
+            (128, 2048, 8192),
+        ];
         let mut lv = vec![simd::level()];
         if simd::level() == Level::Avx512 && Level::Avx2.is_supported() {
             lv.push(Level::Avx2);
@@ -482,11 +539,17 @@ mod tests {
                 let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
                 let mut out = vec![0.0f32; m * n];
                 for is_bf16 in [false, true] {
-                    let wt = if is_bf16 { WeightRows::BF16(&wb) } else { WeightRows::F32(&w) };
+                    let wt = if is_bf16 {
+                        WeightRows::BF16(&wb)
+                    } else {
+                        WeightRows::F32(&w)
+                    };
                     let wbytes = (n * k * if is_bf16 { 2 } else { 4 }) as f64;
                     let flops = 2.0 * (m * n * k) as f64;
                     let t2 = time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out));
-                    let t1 = one.install(|| time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out)));
+                    let t1 = one.install(|| {
+                        time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out))
+                    });
                     println!(
                         "{:<7} {m:>4} {k:>5} {n:>6} {:>5} | {:>7.0}us {:>8.1} {:>7.1} | {:>7.0}us {:>8.1} {:>7.1}",
                         level.name(),

@@ -263,13 +263,16 @@ fn needed_len(rows: usize, ld: usize, k: usize) -> Option<usize> {
 /// # Safety
 /// `out.add(t*ldo + j)` must be valid for writes for every `t < m`, `j < n`,
 /// and no other thread may access those elements during the call.
-pub(crate) unsafe fn tile<W: WElem>(
-    level: Level,
-    tile: Tile<'_, W>,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let Tile { x, ldx, m, w, ldw, n, k } = tile;
+pub(crate) unsafe fn tile<W: WElem>(level: Level, tile: Tile<'_, W>, out: *mut f32, ldo: usize) {
+    let Tile {
+        x,
+        ldx,
+        m,
+        w,
+        ldw,
+        n,
+        k,
+    } = tile;
     if m == 0 || n == 0 {
         return;
     }
@@ -289,9 +292,7 @@ pub(crate) unsafe fn tile<W: WElem>(
     // has the features its `#[target_feature]` functions enable.
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if avx512_supported() => {
-            avx512::tile(xp, ldx, m, wp, ldw, n, k, out, ldo)
-        }
+        Level::Avx512 if avx512_supported() => avx512::tile(xp, ldx, m, wp, ldw, n, k, out, ldo),
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 if avx2_supported() => avx2::tile(xp, ldx, m, wp, ldw, n, k, out, ldo),
         #[cfg(target_arch = "aarch64")]
@@ -321,7 +322,8 @@ mod scalar {
                 acc[l] += xa[l] * wa[l].to_f32();
             }
         }
-        let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        let mut s =
+            ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
         for (a, b) in xr.iter().zip(wr) {
             s += a * b.to_f32();
         }
@@ -456,7 +458,11 @@ mod avx512 {
         let mut wv = [_mm512_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
             let p = w.add(c * ldw + i);
-            *v = if MASKED { W::load16_masked(p, mask) } else { W::load16(p) };
+            *v = if MASKED {
+                W::load16_masked(p, mask)
+            } else {
+                W::load16(p)
+            };
             if prefetch {
                 // The same columns of the next row group: keeps one
                 // microkernel's worth of weights in flight, which the
@@ -468,7 +474,11 @@ mod avx512 {
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let p = x.add(r * ldx + i);
-            let xv = if MASKED { _mm512_maskz_loadu_ps(mask, p) } else { _mm512_loadu_ps(p) };
+            let xv = if MASKED {
+                _mm512_maskz_loadu_ps(mask, p)
+            } else {
+                _mm512_loadu_ps(p)
+            };
             for (a, wc) in row.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(xv, *wc, *a);
             }
@@ -688,7 +698,10 @@ mod avx2 {
         let cd = _mm256_hadd_ps(c, d);
         // [a0123, b0123, c0123, d0123 | a4567, b4567, c4567, d4567].
         let abcd = _mm256_hadd_ps(ab, cd);
-        _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps::<1>(abcd))
+        _mm_add_ps(
+            _mm256_castps256_ps128(abcd),
+            _mm256_extractf128_ps::<1>(abcd),
+        )
     }
 
     #[inline]
