@@ -24,7 +24,7 @@ fn raw<T: Elem>(t: &Tensor) -> Result<*mut T> {
         return Err(Error::invalid(format!("expected a {} tensor, got {}", T::DTYPE, t.dtype)));
     }
     let m = host_memory(&t.buffer)?;
-    if t.offset + t.nbytes() > m.len() || t.offset % std::mem::align_of::<T>() != 0 {
+    if t.offset + t.nbytes() > m.len() || !t.offset.is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::invalid(format!("tensor {:?} at {} is out of its buffer", t.shape, t.offset)));
     }
     // SAFETY: offset checked to lie within the allocation.

@@ -83,23 +83,18 @@ pub fn generate(
     }
     stats.prefill_time = start.elapsed();
 
-    let decode_start = Instant::now();
-    let mut len = prompt.len();
     let mut logits = logits.ok_or_else(|| Error::invalid("no prefill step ran"))?;
-    for i in 0..opts.max_tokens {
+    for len in prompt.len()..prompt.len() + opts.max_tokens {
         let next = sample(&logits.to_f32_vec(), &opts.sampling, len as u64);
         if opts.stop_ids.contains(&next) {
             stats.finish_reason = "stop".into();
             break;
         }
         stats.generated_tokens += 1;
-        if i == 0 {
-            // Time the decode rate from the first generated token on.
-            stats.decode_time = Duration::ZERO;
-        }
-        if !on_token(next)? || i + 1 == opts.max_tokens {
+        if !on_token(next)? || stats.generated_tokens == opts.max_tokens {
             break;
         }
+        // The decode rate is timed over the steps after the first generated token.
         let t = Instant::now();
         let batch = StepBatch {
             tokens: vec![next],
@@ -112,8 +107,6 @@ pub fn generate(
         };
         logits = runner.step(&batch)?;
         stats.decode_time += t.elapsed();
-        len += 1;
     }
-    let _ = decode_start;
     Ok(stats)
 }

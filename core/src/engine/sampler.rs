@@ -110,7 +110,7 @@ mod tests {
         let a: Vec<u32> = (0..50).map(|i| sample(&logits, &p, i)).collect();
         let b: Vec<u32> = (0..50).map(|i| sample(&logits, &p, i)).collect();
         assert_eq!(a, b);
-        assert!(a.iter().any(|&x| x == 2), "temperature 1 must sometimes pick the runner-up");
+        assert!(a.contains(&2), "temperature 1 must sometimes pick the runner-up");
     }
 
     #[test]

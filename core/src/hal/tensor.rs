@@ -7,6 +7,9 @@ use std::sync::Arc;
 /// Memory owned by a backend. The backend downcasts to its own type.
 pub trait DeviceMemory: Any + Send + Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn as_any(&self) -> &dyn Any;
 }
 

@@ -139,16 +139,17 @@ impl ModelConfig {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 || self.num_heads == 0 || self.head_dim == 0 {
             return bad(format!("sizes must be positive: {self:?}"));
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for rotary embeddings", self.head_dim));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())

@@ -76,7 +76,7 @@ pub fn weight_specs(cfg: &ModelConfig, dt: DTypes) -> Vec<(String, Vec<usize>, D
 /// activation-dtype logits `[S, vocab]` (or `[T, vocab]` with `all_logits`).
 pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape) -> Result<Graph> {
     let mut g = Graph::new();
-    let (t, s, h) = (shape.num_tokens, shape.num_seqs, cfg.hidden_size);
+    let (t, s) = (shape.num_tokens, shape.num_seqs);
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let tokens = g.input("tokens", DType::I32, vec![t]);
     let positions = g.input("positions", DType::I32, vec![t]);
@@ -159,7 +159,6 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
     let hidden = if shape.all_logits { hidden } else { g.gather_last(hidden, qsl) };
     let head = if cfg.tie_word_embeddings { embed } else { w(&mut g, names::LM_HEAD) };
     let logits = g.linear(hidden, head, None);
-    let _ = h;
     g.output(logits);
     g.finish()
 }
