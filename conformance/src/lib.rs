@@ -6,7 +6,9 @@
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tessera_core::engine::{generate, DeviceModel, GenerateOptions, KvCache, Runner, SamplingParams, StepBatch};
+use tessera_core::engine::{
+    generate, DeviceModel, GenerateOptions, KvCache, Runner, SamplingParams, StepBatch,
+};
 use tessera_core::hal::open_device;
 use tessera_core::model::llama::KvShape;
 use tessera_core::model::ModelSource;
@@ -19,7 +21,11 @@ pub fn fixtures_dir() -> PathBuf {
 
 /// Normalised mean squared error: sum (a-b)^2 / sum a^2, with `a` the reference.
 pub fn nmse(reference: &[f32], got: &[f32]) -> f64 {
-    assert_eq!(reference.len(), got.len(), "nmse of slices of different lengths");
+    assert_eq!(
+        reference.len(),
+        got.len(),
+        "nmse of slices of different lengths"
+    );
     let (mut num, mut den) = (0f64, 0f64);
     for (&a, &b) in reference.iter().zip(got) {
         let (a, b) = (a as f64, b as f64);
@@ -41,39 +47,70 @@ pub struct Golden {
 impl Golden {
     pub fn load(path: &Path) -> Result<Golden> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::model(path.display(), e.to_string()))?;
-        let mut g = Golden { floats: HashMap::new(), ints: HashMap::new() };
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::model(path.display(), e.to_string()))?;
+        let mut g = Golden {
+            floats: HashMap::new(),
+            ints: HashMap::new(),
+        };
         for (name, view) in st.tensors() {
             let data = view.data();
             match view.dtype() {
                 safetensors::Dtype::F32 => {
-                    let v = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    let v = data
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
                     g.floats.insert(name, (view.shape().to_vec(), v));
                 }
                 safetensors::Dtype::I64 => {
-                    let v = data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
+                    let v = data
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect();
                     g.ints.insert(name, v);
                 }
-                other => return Err(Error::model(path.display(), format!("{name}: unexpected dtype {other:?}"))),
+                other => {
+                    return Err(Error::model(
+                        path.display(),
+                        format!("{name}: unexpected dtype {other:?}"),
+                    ))
+                }
             }
         }
         Ok(g)
     }
 
     pub fn ids(&self, name: &str) -> Vec<u32> {
-        self.ints.get(name).unwrap_or_else(|| panic!("golden tensor {name} missing")).iter().map(|&x| x as u32).collect()
+        self.ints
+            .get(name)
+            .unwrap_or_else(|| panic!("golden tensor {name} missing"))
+            .iter()
+            .map(|&x| x as u32)
+            .collect()
     }
 
     pub fn floats(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.floats.get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
+        self.floats
+            .get(name)
+            .unwrap_or_else(|| panic!("golden tensor {name} missing"))
     }
 }
 
 /// Loads `source` on `device` with room for `context` tokens.
-pub fn runner(source: &ModelSource, device: &str, dtype: DType, context: usize, block_size: usize) -> Result<Runner> {
+pub fn runner(
+    source: &ModelSource,
+    device: &str,
+    dtype: DType,
+    context: usize,
+    block_size: usize,
+) -> Result<Runner> {
     let dev = open_device(device, None)?;
     let model = DeviceModel::load(dev.clone(), source, dtype)?;
-    let shape = KvShape { num_blocks: context.div_ceil(block_size), block_size };
+    let shape = KvShape {
+        num_blocks: context.div_ceil(block_size),
+        block_size,
+    };
     let kv = KvCache::new(dev.as_ref(), &source.config, model.dtypes.kv, shape)?;
     Ok(Runner::new(model, kv))
 }
@@ -97,7 +134,12 @@ pub fn prompt_logits(runner: &mut Runner, prompt: &[u32]) -> Result<Vec<f32>> {
 
 /// `steps` greedy tokens after `prompt`, never stopping at EOS.
 pub fn greedy(runner: &mut Runner, prompt: &[u32], steps: usize) -> Result<Vec<u32>> {
-    let opts = GenerateOptions { max_tokens: steps, sampling: SamplingParams::default(), stop_ids: vec![], prefill_chunk: 512 };
+    let opts = GenerateOptions {
+        max_tokens: steps,
+        sampling: SamplingParams::default(),
+        stop_ids: vec![],
+        prefill_chunk: 512,
+    };
     let mut out = vec![];
     generate(runner, prompt, &opts, |id| {
         out.push(id);
@@ -113,5 +155,11 @@ pub fn worst_row_nmse(reference: &[f32], got: &[f32], vocab: usize) -> (usize, f
         .zip(got.chunks(vocab))
         .map(|(r, g)| nmse(r, g))
         .enumerate()
-        .fold((0, 0.0), |best, (i, e)| if e > best.1 || e.is_nan() { (i, e) } else { best })
+        .fold((0, 0.0), |best, (i, e)| {
+            if e > best.1 || e.is_nan() {
+                (i, e)
+            } else {
+                best
+            }
+        })
 }

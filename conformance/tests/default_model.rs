@@ -16,17 +16,26 @@ const DEVICE: &str = "cpu";
 
 fn source() -> ModelSource {
     let path = default_model_path();
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-default-model.sh first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-default-model.sh first",
+        path.display()
+    );
     model::open("default").expect("open the default model")
 }
 
 fn prompts() -> Value {
-    let text = std::fs::read_to_string(fixtures_dir().join("default/prompts.json")).expect("prompts.json");
+    let text =
+        std::fs::read_to_string(fixtures_dir().join("default/prompts.json")).expect("prompts.json");
     serde_json::from_str(&text).expect("prompts.json is JSON")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 #[test]
@@ -36,23 +45,49 @@ fn tokenizer_matches_transformers() {
     let p = prompts();
     for case in p["tokenizer_cases"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");
-        assert_eq!(tok.encode(text, true).expect("encode"), ids(&case["ids"]), "ids of {text:?}");
-        assert_eq!(tok.decode(&ids(&case["ids"]), false).expect("decode"), text, "round trip of {text:?}");
+        assert_eq!(
+            tok.encode(text, true).expect("encode"),
+            ids(&case["ids"]),
+            "ids of {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids(&case["ids"]), false).expect("decode"),
+            text,
+            "round trip of {text:?}"
+        );
     }
     for prompt in p["prompts"].as_array().expect("prompts") {
         let text = prompt["text"].as_str().expect("text");
-        assert_eq!(tok.encode(text, true).expect("encode"), ids(&prompt["input_ids"]), "ids of {text:?}");
+        assert_eq!(
+            tok.encode(text, true).expect("encode"),
+            ids(&prompt["input_ids"]),
+            "ids of {text:?}"
+        );
     }
 }
 
 #[test]
 fn chat_template_matches_transformers() {
     let src = source();
-    let tmpl = src.chat_template.as_ref().expect("chat template in the GGUF");
+    let tmpl = src
+        .chat_template
+        .as_ref()
+        .expect("chat template in the GGUF");
     let p = prompts();
-    let chat = p["prompts"].as_array().expect("prompts").iter().find(|x| x["chat"].as_bool() == Some(true)).expect("a chat prompt");
-    let msg = ChatMessage { role: "user".into(), content: chat["user_message"].as_str().expect("message").into() };
-    assert_eq!(tmpl.render(&[msg], true).expect("render"), chat["text"].as_str().expect("text"));
+    let chat = p["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .find(|x| x["chat"].as_bool() == Some(true))
+        .expect("a chat prompt");
+    let msg = ChatMessage {
+        role: "user".into(),
+        content: chat["user_message"].as_str().expect("message").into(),
+    };
+    assert_eq!(
+        tmpl.render(&[msg], true).expect("render"),
+        chat["text"].as_str().expect("text")
+    );
 }
 
 #[test]
@@ -66,11 +101,20 @@ fn logits_and_greedy_tokens_match_transformers() {
         let logits = prompt_logits(&mut r, &prompt).expect("forward");
         let (_, want) = golden.floats(&format!("{name}.logits"));
         let (row, err) = worst_row_nmse(want, &logits, vocab);
-        eprintln!("{name}: worst logits NMSE {err:.3e} (position {row} of {})", prompt.len());
-        assert!(err <= 1e-5, "{name}: logits NMSE {err:.3e} at position {row} > 1e-5");
+        eprintln!(
+            "{name}: worst logits NMSE {err:.3e} (position {row} of {})",
+            prompt.len()
+        );
+        assert!(
+            err <= 1e-5,
+            "{name}: logits NMSE {err:.3e} at position {row} > 1e-5"
+        );
         let want_greedy = golden.ids(&format!("{name}.greedy"));
         let got = greedy(&mut r, &prompt, want_greedy.len()).expect("greedy");
-        assert_eq!(got, want_greedy, "{name}: 64 greedy tokens differ from transformers");
+        assert_eq!(
+            got, want_greedy,
+            "{name}: 64 greedy tokens differ from transformers"
+        );
     }
 }
 
@@ -80,7 +124,13 @@ fn chat_answer_names_paris() {
     let tok = src.tokenizer.as_ref().expect("tokenizer");
     let tmpl = src.chat_template.as_ref().expect("template");
     let text = tmpl
-        .render(&[ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }], true)
+        .render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }],
+            true,
+        )
         .expect("render");
     let prompt = tok.encode(&text, true).expect("encode");
     for dtype in [DType::F32, DType::BF16] {
@@ -99,7 +149,13 @@ fn chat_answer_names_paris() {
         .expect("generate");
         let answer = tok.decode(&out, true).expect("decode");
         eprintln!("{dtype}: {answer:?}");
-        assert!(answer.contains("Paris"), "{dtype} answer {answer:?} does not name Paris");
-        assert_eq!(stats.finish_reason, "stop", "the answer should end with <|im_end|>");
+        assert!(
+            answer.contains("Paris"),
+            "{dtype} answer {answer:?} does not name Paris"
+        );
+        assert_eq!(
+            stats.finish_reason, "stop",
+            "the answer should end with <|im_end|>"
+        );
     }
 }

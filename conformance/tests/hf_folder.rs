@@ -14,9 +14,17 @@ fn hf_folder_brings_tokenizer_and_chat_template() {
         std::fs::copy(fixture.join(f), dir.join(f)).expect("copy fixture");
     }
     let path = default_model_path();
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-default-model.sh first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-default-model.sh first",
+        path.display()
+    );
     let file = gguf::GgufFile::open(&path).expect("gguf");
-    std::fs::write(dir.join("tokenizer.json"), gguf_tokenizer::tokenizer_json_from_gguf(&file).expect("json")).expect("write");
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        gguf_tokenizer::tokenizer_json_from_gguf(&file).expect("json"),
+    )
+    .expect("write");
     let config = serde_json::json!({
         "add_bos_token": true,
         "bos_token": {"content": "<|im_start|>"},
@@ -31,10 +39,21 @@ fn hf_folder_brings_tokenizer_and_chat_template() {
     let src = model::open(dir.to_str().expect("utf-8")).expect("open folder");
     let tok = src.tokenizer.as_ref().expect("tokenizer.json was found");
     let tmpl = src.chat_template.as_ref().expect("chat template was found");
-    let text = tmpl.render(&[ChatMessage { role: "user".into(), content: " hi ".into() }], false).expect("render");
+    let text = tmpl
+        .render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: " hi ".into(),
+            }],
+            false,
+        )
+        .expect("render");
     assert_eq!(text, "<|im_start|>[user] hi<|im_end|>");
     // The config's bos_token_id (1) is prepended once, because add_bos_token is set.
-    assert_eq!(tok.encode("Hello, world!", true).expect("encode"), vec![1, 19556, 28, 905, 17]);
+    assert_eq!(
+        tok.encode("Hello, world!", true).expect("encode"),
+        vec![1, 19556, 28, 905, 17]
+    );
     // A rendered template that already starts with the BOS token does not get a second one.
     let ids = tok.encode(&text, true).expect("encode");
     assert!(ids[0] == 1 && ids[1] != 1, "{ids:?}");

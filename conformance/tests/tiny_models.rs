@@ -18,16 +18,29 @@ fn check(name: &str) {
     let prompt = golden.ids("input_ids");
     let want_greedy = golden.ids("greedy");
     // Block size 16 with 11 prompt tokens + 32 steps exercises several blocks.
-    let mut r = runner(&source, DEVICE, DType::F32, prompt.len() + want_greedy.len() + 1, 16).expect("runner");
+    let mut r = runner(
+        &source,
+        DEVICE,
+        DType::F32,
+        prompt.len() + want_greedy.len() + 1,
+        16,
+    )
+    .expect("runner");
 
     let logits = prompt_logits(&mut r, &prompt).expect("forward");
     let (_, want) = golden.floats("logits");
     let (row, err) = worst_row_nmse(want, &logits, vocab);
     eprintln!("{name}: worst logits NMSE {err:.3e} at position {row}");
-    assert!(err <= 1e-6, "{name}: logits NMSE {err:.3e} at position {row} > 1e-6");
+    assert!(
+        err <= 1e-6,
+        "{name}: logits NMSE {err:.3e} at position {row} > 1e-6"
+    );
 
     let got = greedy(&mut r, &prompt, want_greedy.len()).expect("greedy");
-    assert_eq!(got, want_greedy, "{name}: greedy tokens differ from transformers");
+    assert_eq!(
+        got, want_greedy,
+        "{name}: greedy tokens differ from transformers"
+    );
 }
 
 #[test]
@@ -53,7 +66,10 @@ fn block_size_does_not_change_the_logits() {
     let prompt = golden.ids("input_ids");
     let mut a = runner(&source, DEVICE, DType::F32, 64, 8).expect("runner");
     let mut b = runner(&source, DEVICE, DType::F32, 64, 32).expect("runner");
-    let (la, lb) = (prompt_logits(&mut a, &prompt).expect("a"), prompt_logits(&mut b, &prompt).expect("b"));
+    let (la, lb) = (
+        prompt_logits(&mut a, &prompt).expect("a"),
+        prompt_logits(&mut b, &prompt).expect("b"),
+    );
     let (_, err) = worst_row_nmse(&la, &lb, source.config.vocab_size);
     assert!(err <= 1e-10, "block size 8 vs 32: NMSE {err:.3e}");
 }
@@ -70,7 +86,12 @@ fn mixed_prefill_and_decode_batch_equals_each_alone() {
     let vocab = source.config.vocab_size;
     let a: Vec<u32> = golden.ids("input_ids");
     let next_a = golden.ids("greedy")[0];
-    let b: Vec<u32> = a.iter().rev().take(7).map(|&t| (t * 7 + 3) % vocab as u32).collect();
+    let b: Vec<u32> = a
+        .iter()
+        .rev()
+        .take(7)
+        .map(|&t| (t * 7 + 3) % vocab as u32)
+        .collect();
     let bs = 4usize;
 
     // Alone: A's 12th token after its prompt, and B's last prefill token.
@@ -115,5 +136,8 @@ fn mixed_prefill_and_decode_batch_equals_each_alone() {
     let together = r.step(&mixed).expect("mixed step").to_f32_vec();
     let err_a = tessera_conformance::nmse(alone_a, &together[..vocab]);
     let err_b = tessera_conformance::nmse(alone_b, &together[vocab..]);
-    assert!(err_a <= 1e-10 && err_b <= 1e-10, "batched vs alone: A {err_a:.3e}, B {err_b:.3e}");
+    assert!(
+        err_a <= 1e-10 && err_b <= 1e-10,
+        "batched vs alone: A {err_a:.3e}, B {err_b:.3e}"
+    );
 }

@@ -36,13 +36,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn model(what: impl std::fmt::Display, message: impl Into<String>) -> Self {
-        Error::Model { what: what.to_string(), message: message.into() }
+        Error::Model {
+            what: what.to_string(),
+            message: message.into(),
+        }
     }
     pub fn device(device: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Device { device: device.into(), message: message.into() }
+        Error::Device {
+            device: device.into(),
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::Invalid(message.into())

@@ -20,12 +20,18 @@ pub struct HostTensor {
 impl HostTensor {
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        HostTensor { shape, data: HostData::F32(data) }
+        HostTensor {
+            shape,
+            data: HostData::F32(data),
+        }
     }
 
     pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        HostTensor { shape, data: HostData::I32(data) }
+        HostTensor {
+            shape,
+            data: HostData::I32(data),
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -65,10 +71,26 @@ impl HostTensor {
             )));
         }
         let data = match dtype {
-            DType::F32 => HostData::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-            DType::I32 => HostData::I32(raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-            DType::BF16 => HostData::BF16(raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect()),
-            DType::F16 => HostData::F16(raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
+            DType::F32 => HostData::F32(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            DType::I32 => HostData::I32(
+                raw.chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            DType::BF16 => HostData::BF16(
+                raw.chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            DType::F16 => HostData::F16(
+                raw.chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
         };
         Ok(HostTensor { shape, data })
     }
@@ -89,14 +111,25 @@ impl HostTensor {
             return Ok(self);
         }
         if !dtype.is_float() || !self.dtype().is_float() {
-            return Err(Error::invalid(format!("cannot convert a {} tensor to {dtype}", self.dtype())));
+            return Err(Error::invalid(format!(
+                "cannot convert a {} tensor to {dtype}",
+                self.dtype()
+            )));
         }
         let shape = self.shape;
         let data = match (self.data, dtype) {
-            (HostData::F32(v), DType::BF16) => HostData::BF16(v.into_iter().map(bf16::from_f32).collect()),
-            (HostData::F32(v), DType::F16) => HostData::F16(v.into_iter().map(f16::from_f32).collect()),
+            (HostData::F32(v), DType::BF16) => {
+                HostData::BF16(v.into_iter().map(bf16::from_f32).collect())
+            }
+            (HostData::F32(v), DType::F16) => {
+                HostData::F16(v.into_iter().map(f16::from_f32).collect())
+            }
             (data, target) => {
-                let v = HostTensor { shape: vec![], data }.to_f32_vec();
+                let v = HostTensor {
+                    shape: vec![],
+                    data,
+                }
+                .to_f32_vec();
                 match target {
                     DType::F32 => HostData::F32(v),
                     DType::BF16 => HostData::BF16(v.into_iter().map(bf16::from_f32).collect()),

@@ -91,7 +91,11 @@ fn read_bandwidth_gb_s(threads: usize) -> f64 {
 }
 
 fn decode(a: DecodeArgs) -> anyhow::Result<()> {
-    let threads = a.model.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = a.model.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let bw = read_bandwidth_gb_s(threads);
     let mut rows = vec![];
     let mut device_name = String::new();
@@ -104,7 +108,9 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
         let cfg = &session.source.config;
         let mut runner = session.runner(a.prompt_tokens + a.decode_tokens + 1)?;
         // A fixed pseudo-random prompt: the speed does not depend on the text.
-        let prompt: Vec<u32> = (0..a.prompt_tokens.max(1)).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect();
+        let prompt: Vec<u32> = (0..a.prompt_tokens.max(1))
+            .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
+            .collect();
         let opts = GenerateOptions {
             max_tokens: a.decode_tokens.max(2),
             sampling: SamplingParams::default(),
@@ -130,9 +136,27 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
             fraction_of_bound: decode_tok_s / bound,
         });
     }
-    let report = DecodeReport { model: a.model.model.clone(), device: device_name, threads, read_bandwidth_gb_s: bw, rows };
-    println!("model {} on {} ({} threads), read bandwidth {:.1} GB/s", report.model, report.device, threads, bw);
-    println!("{:<6} {:>10} {:>13} {:>12} {:>14} {:>15} {:>9}", "dtype", "weights MB", "prefill tok/s", "decode tok/s", "MB read/token", "bound tok/s", "of bound");
+    let report = DecodeReport {
+        model: a.model.model.clone(),
+        device: device_name,
+        threads,
+        read_bandwidth_gb_s: bw,
+        rows,
+    };
+    println!(
+        "model {} on {} ({} threads), read bandwidth {:.1} GB/s",
+        report.model, report.device, threads, bw
+    );
+    println!(
+        "{:<6} {:>10} {:>13} {:>12} {:>14} {:>15} {:>9}",
+        "dtype",
+        "weights MB",
+        "prefill tok/s",
+        "decode tok/s",
+        "MB read/token",
+        "bound tok/s",
+        "of bound"
+    );
     for r in &report.rows {
         println!(
             "{:<6} {:>10.1} {:>13.1} {:>12.1} {:>14.1} {:>15.1} {:>8.0}%",
@@ -148,7 +172,8 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     if let Some(dir) = a.json.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", a.json.display()))?;
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", a.json.display()))?;
     println!("wrote {}", a.json.display());
     Ok(())
 }

@@ -23,7 +23,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .into_iter()
         .map(|b| {
             let probe = (b.probe)();
-            Row { backend: b.name, description: b.description, available: probe.available(), probe }
+            Row {
+                backend: b.name,
+                description: b.description,
+                available: probe.available(),
+                probe,
+            }
         })
         .collect();
     if args.json {
@@ -32,13 +37,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{:<10} {:<11} {:<6} DETAIL", "BACKEND", "STATUS", "SCORE");
     for r in &rows {
-        let status = if r.available { "available" } else { "unavailable" };
+        let status = if r.available {
+            "available"
+        } else {
+            "unavailable"
+        };
         let detail = if r.available {
             r.probe
                 .devices
                 .iter()
                 .map(|d| match d.memory_bytes {
-                    Some(m) => format!("{} ({:.1} GiB, {})", d.name, m as f64 / (1u64 << 30) as f64, d.detail),
+                    Some(m) => format!(
+                        "{} ({:.1} GiB, {})",
+                        d.name,
+                        m as f64 / (1u64 << 30) as f64,
+                        d.detail
+                    ),
                     None => format!("{} ({})", d.name, d.detail),
                 })
                 .collect::<Vec<_>>()
@@ -46,7 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             r.probe.reason.clone().unwrap_or_default()
         };
-        println!("{:<10} {:<11} {:<6} {}", r.backend, status, r.probe.score, detail);
+        println!(
+            "{:<10} {:<11} {:<6} {}",
+            r.backend, status, r.probe.score, detail
+        );
     }
     Ok(())
 }

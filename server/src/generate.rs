@@ -44,14 +44,22 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let sampling = SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, min_p: a.min_p, seed: a.seed };
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        min_p: a.min_p,
+        seed: a.seed,
+    };
     sampling.validate()?;
     if a.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
     let prompt_text = if a.prompt == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from stdin")?;
         s
     } else {
         a.prompt.clone()
@@ -61,12 +69,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (prompt, stop_ids, tokenizer) = match &src.tokenizer {
         Some(tok) => {
             let text = if a.chat {
-                let tmpl = src.chat_template.as_ref().with_context(|| format!("{} has no chat template; drop --chat", src.name))?;
+                let tmpl = src
+                    .chat_template
+                    .as_ref()
+                    .with_context(|| format!("{} has no chat template; drop --chat", src.name))?;
                 let mut messages = vec![];
                 if let Some(sys) = &a.system {
-                    messages.push(ChatMessage { role: "system".into(), content: sys.clone() });
+                    messages.push(ChatMessage {
+                        role: "system".into(),
+                        content: sys.clone(),
+                    });
                 }
-                messages.push(ChatMessage { role: "user".into(), content: prompt_text });
+                messages.push(ChatMessage {
+                    role: "user".into(),
+                    content: prompt_text,
+                });
                 tmpl.render(&messages, true)?
             } else {
                 prompt_text
@@ -77,10 +94,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             // Models without a tokenizer (random weights) take space-separated ids,
             // or any text as bytes-mod-vocab so speed checks need no tokenizer.
             if a.chat {
-                bail!("{} has no tokenizer, so no chat template; drop --chat", src.name);
+                bail!(
+                    "{} has no tokenizer, so no chat template; drop --chat",
+                    src.name
+                );
             }
             let vocab = src.config.vocab_size as u32;
-            let ids: Option<Vec<u32>> = prompt_text.split_whitespace().map(|w| w.parse::<u32>().ok()).collect();
+            let ids: Option<Vec<u32>> = prompt_text
+                .split_whitespace()
+                .map(|w| w.parse::<u32>().ok())
+                .collect();
             let ids = match ids {
                 Some(ids) if !ids.is_empty() => ids,
                 _ => prompt_text.bytes().map(|b| b as u32 % vocab).collect(),
@@ -93,7 +116,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let stop_ids = if a.ignore_eos { vec![] } else { stop_ids };
     let mut runner = session.runner(prompt.len() + a.max_tokens)?;
-    let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_ids, prefill_chunk: a.prefill_chunk };
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling,
+        stop_ids,
+        prefill_chunk: a.prefill_chunk,
+    };
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 const LINKED_BACKENDS: &[&str] = &[tessera_cpu::BACKEND_NAME];
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Serve large language models on any accelerator")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Serve large language models on any accelerator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +37,11 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {

@@ -1,9 +1,9 @@
 //! Opening a model on a device: the part `generate` and `bench` share.
 
 use anyhow::{bail, Context};
+use std::sync::Arc;
 use std::time::Instant;
 use tessera_core::engine::{DeviceModel, KvCache, Runner};
-use std::sync::Arc;
 use tessera_core::hal::{open_device, Device};
 use tessera_core::model::llama::KvShape;
 use tessera_core::model::{self, ModelSource};
@@ -39,7 +39,11 @@ pub struct Session {
 
 pub fn weight_dtype(arg: &str, supported: &[DType]) -> anyhow::Result<DType> {
     if arg == "auto" {
-        return Ok(if supported.contains(&DType::BF16) { DType::BF16 } else { DType::F32 });
+        return Ok(if supported.contains(&DType::BF16) {
+            DType::BF16
+        } else {
+            DType::F32
+        });
     }
     match DType::parse(arg) {
         Some(d) if supported.contains(&d) => Ok(d),
@@ -56,7 +60,12 @@ impl Session {
         let device = open_device(&args.device, args.threads)?;
         let dtype = weight_dtype(&args.dtype, &device.capabilities().weight_dtypes)?;
         let source = model::open(&args.model)?;
-        Ok(Session { device, source, dtype, block_size: args.block_size })
+        Ok(Session {
+            device,
+            source,
+            dtype,
+            block_size: args.block_size,
+        })
     }
 
     /// Uploads the weights and sizes a KV cache for `context_tokens`.
@@ -72,9 +81,19 @@ impl Session {
             self.device.name(),
             t.elapsed().as_secs_f64()
         );
-        let ctx = context_tokens.min(self.source.config.max_position_embeddings).max(1);
-        let shape = KvShape { num_blocks: ctx.div_ceil(self.block_size), block_size: self.block_size };
-        let kv = KvCache::new(self.device.as_ref(), &self.source.config, model.dtypes.kv, shape)?;
+        let ctx = context_tokens
+            .min(self.source.config.max_position_embeddings)
+            .max(1);
+        let shape = KvShape {
+            num_blocks: ctx.div_ceil(self.block_size),
+            block_size: self.block_size,
+        };
+        let kv = KvCache::new(
+            self.device.as_ref(),
+            &self.source.config,
+            model.dtypes.kv,
+            shape,
+        )?;
         Ok(Runner::new(model, kv))
     }
 }

@@ -4,7 +4,10 @@
 use std::process::{Command, Output};
 
 fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("run tessera")
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("run tessera")
 }
 
 fn stderr(o: &Output) -> String {
@@ -16,9 +19,19 @@ fn assert_clean_failure(args: &[&str], needle: &str) {
     let o = tessera(args);
     let err = stderr(&o);
     assert!(!o.status.success(), "{args:?} should fail");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?} panicked: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?} should print one line, got: {err}");
-    assert!(err.contains(needle), "{args:?}: {err:?} does not mention {needle:?}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{args:?} panicked: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?} should print one line, got: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "{args:?}: {err:?} does not mention {needle:?}"
+    );
 }
 
 #[test]
@@ -26,12 +39,23 @@ fn devices_lists_cpu_available() {
     let o = tessera(&["devices"]);
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    let cpu = out.lines().find(|l| l.starts_with("cpu")).expect("a cpu row");
-    assert!(cpu.contains("available") && !cpu.contains("unavailable"), "{cpu}");
+    let cpu = out
+        .lines()
+        .find(|l| l.starts_with("cpu"))
+        .expect("a cpu row");
+    assert!(
+        cpu.contains("available") && !cpu.contains("unavailable"),
+        "{cpu}"
+    );
 
     let o = tessera(&["devices", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    let cpu = v.as_array().expect("list").iter().find(|b| b["backend"] == "cpu").expect("cpu entry");
+    let cpu = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|b| b["backend"] == "cpu")
+        .expect("cpu entry");
     assert_eq!(cpu["available"], true);
 }
 
@@ -45,9 +69,21 @@ fn default_model_answers_the_chat_question() {
 
 #[test]
 fn random_llama_3_2_1b_runs() {
-    let o = tessera(&["generate", "--model", "random:llama-3.2-1b", "--device", "cpu", "--max-tokens", "16", "hi"]);
+    let o = tessera(&[
+        "generate",
+        "--model",
+        "random:llama-3.2-1b",
+        "--device",
+        "cpu",
+        "--max-tokens",
+        "16",
+        "hi",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let ids: Vec<u32> = String::from_utf8_lossy(&o.stdout).split_whitespace().map(|w| w.parse().expect("token id")).collect();
+    let ids: Vec<u32> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().expect("token id"))
+        .collect();
     assert_eq!(ids.len(), 16);
     assert!(ids.iter().all(|&id| id < 128256));
     assert!(stderr(&o).contains("16 generated"), "{}", stderr(&o));
@@ -60,17 +96,33 @@ fn bad_input_is_one_clear_line() {
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"this is not a model").expect("write");
     let bad_header = dir.join("bad-header.gguf");
-    std::fs::write(&bad_header, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\x7f").expect("write");
-    let (junk, bad_header) = (junk.to_str().expect("utf-8"), bad_header.to_str().expect("utf-8"));
+    std::fs::write(
+        &bad_header,
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\x7f",
+    )
+    .expect("write");
+    let (junk, bad_header) = (
+        junk.to_str().expect("utf-8"),
+        bad_header.to_str().expect("utf-8"),
+    );
 
-    assert_clean_failure(&["generate", "--device", "warp-drive", "x"], "unknown device");
-    assert_clean_failure(&["generate", "--model", "/no/such/model.gguf", "x"], "no such file");
+    assert_clean_failure(
+        &["generate", "--device", "warp-drive", "x"],
+        "unknown device",
+    );
+    assert_clean_failure(
+        &["generate", "--model", "/no/such/model.gguf", "x"],
+        "no such file",
+    );
     assert_clean_failure(&["generate", "--model", junk, "x"], "not a GGUF file");
     assert_clean_failure(&["generate", "--model", bad_header, "x"], bad_header);
     assert_clean_failure(&["generate", "--no-such-flag", "x"], "--no-such-flag");
     assert_clean_failure(&["generate", "--temperature", "-1", "x"], "temperature");
     assert_clean_failure(&["generate", "--max-tokens", "1000000", "x"], "context");
-    assert_clean_failure(&["generate", "--model", "random:not-a-preset", "x"], "not a preset");
+    assert_clean_failure(
+        &["generate", "--model", "random:not-a-preset", "x"],
+        "not a preset",
+    );
     assert_clean_failure(&["generate", "--dtype", "f8", "x"], "--dtype");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -52,21 +52,41 @@ struct TokenPlace {
 fn place_tokens(b: &Batch, g: &Geometry, num_tokens: usize) -> Result<Vec<Option<TokenPlace>>> {
     let s = b.seq_lens.len();
     let mut places: Vec<Option<TokenPlace>> = (0..num_tokens).map(|_| None).collect();
-    expect(b.query_start_loc.len() == s + 1 && b.query_start_loc[0] == 0, || "query_start_loc must start at 0 and have S+1 entries".into())?;
+    expect(
+        b.query_start_loc.len() == s + 1 && b.query_start_loc[0] == 0,
+        || "query_start_loc must start at 0 and have S+1 entries".into(),
+    )?;
     for i in 0..s {
         let (start, end) = (b.query_start_loc[i], b.query_start_loc[i + 1]);
         let len = b.seq_lens[i];
-        expect(start <= end && end as usize <= num_tokens, || format!("query_start_loc is not monotonic within {num_tokens} tokens"))?;
+        expect(start <= end && end as usize <= num_tokens, || {
+            format!("query_start_loc is not monotonic within {num_tokens} tokens")
+        })?;
         let q_len = (end - start) as usize;
-        expect(len >= 0 && q_len <= len as usize, || format!("sequence {i}: {q_len} query tokens but seq_len {len}"))?;
+        expect(len >= 0 && q_len <= len as usize, || {
+            format!("sequence {i}: {q_len} query tokens but seq_len {len}")
+        })?;
         let len = len as usize;
         let blocks = len.div_ceil(g.block_size);
-        expect(blocks <= b.max_blocks, || format!("sequence {i}: seq_len {len} needs {blocks} blocks, the table has {}", b.max_blocks))?;
+        expect(blocks <= b.max_blocks, || {
+            format!(
+                "sequence {i}: seq_len {len} needs {blocks} blocks, the table has {}",
+                b.max_blocks
+            )
+        })?;
         for blk in &b.block_tables[i * b.max_blocks..i * b.max_blocks + blocks] {
-            expect(*blk >= 0 && (*blk as usize) < g.num_blocks, || format!("sequence {i}: block id {blk} is outside the cache of {} blocks", g.num_blocks))?;
+            expect(*blk >= 0 && (*blk as usize) < g.num_blocks, || {
+                format!(
+                    "sequence {i}: block id {blk} is outside the cache of {} blocks",
+                    g.num_blocks
+                )
+            })?;
         }
         for (j, t) in (start as usize..end as usize).enumerate() {
-            places[t] = Some(TokenPlace { seq: i, pos: len - q_len + j });
+            places[t] = Some(TokenPlace {
+                seq: i,
+                pos: len - q_len + j,
+            });
         }
     }
     Ok(places)
@@ -92,49 +112,22 @@ pub fn paged_attention<K: KvElem>(
             // Padding tokens produce zeros.
             None => o.iter_mut().for_each(|v| *v = 0.0),
             Some(place) => {
-                let qs = &q[t * g.num_heads * g.head_dim + kvh * chunk..][..chunk];
-                attend_dispatch(qs, k_cache, v_cache, b, g, p, place, kvh, o);
+                let q = &q[t * g.num_heads * g.head_dim + kvh * chunk..][..chunk];
+                Task {
+                    q,
+                    k_cache,
+                    v_cache,
+                    b,
+                    g,
+                    p,
+                    place,
+                    kvh,
+                }
+                .run(o);
             }
         }
     });
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attend_dispatch<K: KvElem>(
-    q: &[f32],
-    kc: &[K],
-    vc: &[K],
-    b: &Batch,
-    g: &Geometry,
-    p: &AttentionParams,
-    place: &TokenPlace,
-    kvh: usize,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::features::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { attend_avx2(q, kc, vc, b, g, p, place, kvh, out) };
-    }
-    attend(q, kc, vc, b, g, p, place, kvh, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2<K: KvElem>(
-    q: &[f32],
-    kc: &[K],
-    vc: &[K],
-    b: &Batch,
-    g: &Geometry,
-    p: &AttentionParams,
-    place: &TokenPlace,
-    kvh: usize,
-    out: &mut [f32],
-) {
-    attend(q, kc, vc, b, g, p, place, kvh, out)
 }
 
 #[inline(always)]
@@ -154,72 +147,103 @@ fn dot<K: KvElem>(a: &[f32], b: &[K]) -> f32 {
     s
 }
 
-/// Online softmax over the context, one block of positions at a time.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend<K: KvElem>(
-    q: &[f32],
-    kc: &[K],
-    vc: &[K],
-    b: &Batch,
-    g: &Geometry,
-    p: &AttentionParams,
-    place: &TokenPlace,
+/// One query token's heads that share KV head `kvh`.
+struct Task<'a, K> {
+    q: &'a [f32],
+    k_cache: &'a [K],
+    v_cache: &'a [K],
+    b: &'a Batch<'a>,
+    g: &'a Geometry,
+    p: &'a AttentionParams,
+    place: &'a TokenPlace,
     kvh: usize,
-    out: &mut [f32],
-) {
-    let (d, bs) = (g.head_dim, g.block_size);
-    let group = q.len() / d;
-    let seq_len = b.seq_lens[place.seq] as usize;
-    let end = if p.causal { place.pos + 1 } else { seq_len };
-    let start = match p.sliding_window {
-        Some(w) if w > 0 => (place.pos + 1).saturating_sub(w),
-        _ => 0,
-    };
-    let table = &b.block_tables[place.seq * b.max_blocks..];
-    let mut m = vec![f32::NEG_INFINITY; group];
-    let mut l = vec![0f32; group];
-    out.iter_mut().for_each(|v| *v = 0.0);
-    let mut scores = vec![0f32; group * bs];
-    let mut pos = start;
-    while pos < end {
-        let blk = table[pos / bs] as usize;
-        let off0 = pos % bs;
-        let n = (bs - off0).min(end - pos);
-        let base = (blk * g.num_kv_heads + kvh) * bs * d;
-        for h in 0..group {
-            let qh = &q[h * d..(h + 1) * d];
-            for j in 0..n {
-                let k = &kc[base + (off0 + j) * d..][..d];
-                let mut s = dot(qh, k) * p.scale;
-                if let Some(c) = p.softcap {
-                    s = c * (s / c).tanh();
-                }
-                scores[h * bs + j] = s;
-            }
-            let bmax = scores[h * bs..h * bs + n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_m = m[h].max(bmax);
-            let rescale = (m[h] - new_m).exp();
-            let oh = &mut out[h * d..(h + 1) * d];
-            if rescale != 1.0 {
-                oh.iter_mut().for_each(|v| *v *= rescale);
-            }
-            l[h] *= rescale;
-            for j in 0..n {
-                let w = (scores[h * bs + j] - new_m).exp();
-                l[h] += w;
-                let v = &vc[base + (off0 + j) * d..][..d];
-                for (o, x) in oh.iter_mut().zip(v) {
-                    *o += w * x.f();
-                }
-            }
-            m[h] = new_m;
+}
+
+impl<K: KvElem> Task<'_, K> {
+    fn run(&self, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::features::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { self.run_avx2(out) };
         }
-        pos += n;
+        self.attend(out)
     }
-    for h in 0..group {
-        let inv = if l[h] > 0.0 { 1.0 / l[h] } else { 0.0 };
-        out[h * d..(h + 1) * d].iter_mut().for_each(|v| *v *= inv);
+
+    /// The same code compiled with AVX2 enabled, so the dot products vectorise.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, out: &mut [f32]) {
+        self.attend(out)
+    }
+    /// Online softmax over the context, one block of positions at a time.
+    #[inline(always)]
+    fn attend(&self, out: &mut [f32]) {
+        let Task {
+            q,
+            k_cache: kc,
+            v_cache: vc,
+            b,
+            g,
+            p,
+            place,
+            kvh,
+        } = *self;
+        let (d, bs) = (g.head_dim, g.block_size);
+        let group = q.len() / d;
+        let seq_len = b.seq_lens[place.seq] as usize;
+        let end = if p.causal { place.pos + 1 } else { seq_len };
+        let start = match p.sliding_window {
+            Some(w) if w > 0 => (place.pos + 1).saturating_sub(w),
+            _ => 0,
+        };
+        let table = &b.block_tables[place.seq * b.max_blocks..];
+        let mut m = vec![f32::NEG_INFINITY; group];
+        let mut l = vec![0f32; group];
+        out.iter_mut().for_each(|v| *v = 0.0);
+        let mut scores = vec![0f32; group * bs];
+        let mut pos = start;
+        while pos < end {
+            let blk = table[pos / bs] as usize;
+            let off0 = pos % bs;
+            let n = (bs - off0).min(end - pos);
+            let base = (blk * g.num_kv_heads + kvh) * bs * d;
+            for h in 0..group {
+                let qh = &q[h * d..(h + 1) * d];
+                for j in 0..n {
+                    let k = &kc[base + (off0 + j) * d..][..d];
+                    let mut s = dot(qh, k) * p.scale;
+                    if let Some(c) = p.softcap {
+                        s = c * (s / c).tanh();
+                    }
+                    scores[h * bs + j] = s;
+                }
+                let bmax = scores[h * bs..h * bs + n]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let new_m = m[h].max(bmax);
+                let rescale = (m[h] - new_m).exp();
+                let oh = &mut out[h * d..(h + 1) * d];
+                if rescale != 1.0 {
+                    oh.iter_mut().for_each(|v| *v *= rescale);
+                }
+                l[h] *= rescale;
+                for j in 0..n {
+                    let w = (scores[h * bs + j] - new_m).exp();
+                    l[h] += w;
+                    let v = &vc[base + (off0 + j) * d..][..d];
+                    for (o, x) in oh.iter_mut().zip(v) {
+                        *o += w * x.f();
+                    }
+                }
+                m[h] = new_m;
+            }
+            pos += n;
+        }
+        for h in 0..group {
+            let inv = if l[h] > 0.0 { 1.0 / l[h] } else { 0.0 };
+            out[h * d..(h + 1) * d].iter_mut().for_each(|v| *v *= inv);
+        }
     }
 }
 
@@ -233,13 +257,23 @@ mod tests {
     }
 
     /// Dense attention in f64 over the positions each query may see.
-    fn naive(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], pos: usize, p: &AttentionParams) -> Vec<f32> {
+    fn naive(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        vals: &[Vec<f32>],
+        pos: usize,
+        p: &AttentionParams,
+    ) -> Vec<f32> {
         let d = q.len();
-        let start = p.sliding_window.map(|w| (pos + 1).saturating_sub(w)).unwrap_or(0);
+        let start = p
+            .sliding_window
+            .map(|w| (pos + 1).saturating_sub(w))
+            .unwrap_or(0);
         let end = if p.causal { pos + 1 } else { keys.len() };
         let scores: Vec<f64> = (start..end)
             .map(|j| {
-                let mut s = (0..d).map(|i| q[i] as f64 * keys[j][i] as f64).sum::<f64>() * p.scale as f64;
+                let mut s =
+                    (0..d).map(|i| q[i] as f64 * keys[j][i] as f64).sum::<f64>() * p.scale as f64;
                 if let Some(c) = p.softcap {
                     s = c as f64 * (s / c as f64).tanh();
                 }
@@ -249,7 +283,15 @@ mod tests {
         let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
         let z: f64 = w.iter().sum();
-        (0..d).map(|i| (w.iter().zip(start..end).map(|(w, j)| w * vals[j][i] as f64).sum::<f64>() / z) as f32).collect()
+        (0..d)
+            .map(|i| {
+                (w.iter()
+                    .zip(start..end)
+                    .map(|(w, j)| w * vals[j][i] as f64)
+                    .sum::<f64>()
+                    / z) as f32
+            })
+            .collect()
     }
 
     #[test]
@@ -260,7 +302,12 @@ mod tests {
         let seqs = [(9usize, 1usize), (0, 7), (5, 6), (0, 0)];
         let mut seed = 42u64;
         for (window, softcap) in [(None, None), (Some(5), None), (None, Some(5.0))] {
-            let p = AttentionParams { scale: 0.25, causal: true, sliding_window: window, softcap };
+            let p = AttentionParams {
+                scale: 0.25,
+                causal: true,
+                sliding_window: window,
+                softcap,
+            };
             let mut kc = vec![0f32; blocks * nkv * bs * d];
             let mut vc = kc.clone();
             let mut qsl = vec![0i32];
@@ -295,37 +342,82 @@ mod tests {
                 for j in 0..new {
                     for h in 0..nh {
                         let qh: Vec<f32> = (0..d).map(|_| rand(&mut seed)).collect();
-                        expect.extend(naive(&qh, &keys[h / (nh / nkv)], &vals[h / (nh / nkv)], cached + j, &p));
+                        expect.extend(naive(
+                            &qh,
+                            &keys[h / (nh / nkv)],
+                            &vals[h / (nh / nkv)],
+                            cached + j,
+                            &p,
+                        ));
                         q.extend(qh);
                     }
                 }
                 qsl.push(qsl.last().copied().unwrap_or(0) + new as i32);
                 lens.push(len as i32);
             }
-            let b = Batch { query_start_loc: &qsl, seq_lens: &lens, block_tables: &tables, max_blocks };
-            let g = Geometry { num_heads: nh, num_kv_heads: nkv, head_dim: d, num_blocks: blocks, block_size: bs };
+            let b = Batch {
+                query_start_loc: &qsl,
+                seq_lens: &lens,
+                block_tables: &tables,
+                max_blocks,
+            };
+            let g = Geometry {
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: d,
+                num_blocks: blocks,
+                block_size: bs,
+            };
             let mut out = vec![0f32; q.len()];
             paged_attention(&q, &kc, &vc, &b, &g, &p, &mut out).expect("attention");
-            let err = out.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(err < 1e-5, "f32 cache, window {window:?}, softcap {softcap:?}: max error {err}");
+            let err = out
+                .iter()
+                .zip(&expect)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err < 1e-5,
+                "f32 cache, window {window:?}, softcap {softcap:?}: max error {err}"
+            );
 
             // A bf16 cache holding the same (rounded) values agrees to bf16 precision.
             let kb: Vec<bf16> = kc.iter().map(|&x| bf16::from_f32(x)).collect();
             let vb: Vec<bf16> = vc.iter().map(|&x| bf16::from_f32(x)).collect();
             let mut out_b = vec![0f32; q.len()];
             paged_attention(&q, &kb, &vb, &b, &g, &p, &mut out_b).expect("attention");
-            let err = out_b.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = out_b
+                .iter()
+                .zip(&expect)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(err < 2e-2, "bf16 cache: max error {err}");
         }
     }
 
     #[test]
     fn refuses_block_ids_outside_the_cache() {
-        let g = Geometry { num_heads: 1, num_kv_heads: 1, head_dim: 2, num_blocks: 2, block_size: 2 };
-        let b = Batch { query_start_loc: &[0, 1], seq_lens: &[1], block_tables: &[7], max_blocks: 1 };
-        let p = AttentionParams { scale: 1.0, causal: true, sliding_window: None, softcap: None };
+        let g = Geometry {
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 2,
+            num_blocks: 2,
+            block_size: 2,
+        };
+        let b = Batch {
+            query_start_loc: &[0, 1],
+            seq_lens: &[1],
+            block_tables: &[7],
+            max_blocks: 1,
+        };
+        let p = AttentionParams {
+            scale: 1.0,
+            causal: true,
+            sliding_window: None,
+            softcap: None,
+        };
         let mut out = vec![0f32; 2];
-        let e = paged_attention(&[1.0, 1.0], &[0f32; 8], &[0f32; 8], &b, &g, &p, &mut out).unwrap_err();
+        let e =
+            paged_attention(&[1.0, 1.0], &[0f32; 8], &[0f32; 8], &b, &g, &p, &mut out).unwrap_err();
         assert!(e.to_string().contains("block id 7"), "{e}");
     }
 }

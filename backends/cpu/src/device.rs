@@ -4,7 +4,8 @@ use crate::ops::CpuKernels;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::Arc;
 use tessera_core::hal::{
-    self, Buffer, Capabilities, Device, DeviceMemory, Executable, Graph, KvLayout, MemoryInfo, Tensor, WeightMap,
+    self, Buffer, Capabilities, Device, DeviceMemory, Executable, Graph, KvLayout, MemoryInfo,
+    Tensor, WeightMap,
 };
 use tessera_core::{DType, Error, Result};
 
@@ -47,7 +48,12 @@ impl HostMemory {
 impl Drop for HostMemory {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this exact layout.
-        unsafe { dealloc(self.ptr, Layout::from_size_align_unchecked(self.len.max(1), ALIGN)) }
+        unsafe {
+            dealloc(
+                self.ptr,
+                Layout::from_size_align_unchecked(self.len.max(1), ALIGN),
+            )
+        }
     }
 }
 
@@ -61,7 +67,8 @@ impl DeviceMemory for HostMemory {
 }
 
 pub fn host_memory(b: &Buffer) -> Result<&HostMemory> {
-    b.downcast::<HostMemory>().ok_or_else(|| Error::invalid("a buffer from another device was passed to the cpu backend"))
+    b.downcast::<HostMemory>()
+        .ok_or_else(|| Error::invalid("a buffer from another device was passed to the cpu backend"))
 }
 
 pub struct CpuDevice {
@@ -70,7 +77,9 @@ pub struct CpuDevice {
 
 impl CpuDevice {
     pub fn new(threads: usize) -> Result<Self> {
-        Ok(CpuDevice { kernels: Arc::new(CpuKernels::new(threads)?) })
+        Ok(CpuDevice {
+            kernels: Arc::new(CpuKernels::new(threads)?),
+        })
     }
 }
 
@@ -115,8 +124,15 @@ impl Device for CpuDevice {
 
     fn upload(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()> {
         let m = host_memory(dst)?;
-        if offset.checked_add(src.len()).is_none_or(|end| end > m.len()) {
-            return Err(Error::invalid(format!("upload of {} bytes at {offset} overflows a {}-byte buffer", src.len(), m.len())));
+        if offset
+            .checked_add(src.len())
+            .is_none_or(|end| end > m.len())
+        {
+            return Err(Error::invalid(format!(
+                "upload of {} bytes at {offset} overflows a {}-byte buffer",
+                src.len(),
+                m.len()
+            )));
         }
         // SAFETY: bounds checked above; src is host memory that cannot overlap a
         // buffer we own exclusively at this point.
@@ -126,8 +142,15 @@ impl Device for CpuDevice {
 
     fn download(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
         let m = host_memory(src)?;
-        if offset.checked_add(dst.len()).is_none_or(|end| end > m.len()) {
-            return Err(Error::invalid(format!("download of {} bytes at {offset} overflows a {}-byte buffer", dst.len(), m.len())));
+        if offset
+            .checked_add(dst.len())
+            .is_none_or(|end| end > m.len())
+        {
+            return Err(Error::invalid(format!(
+                "download of {} bytes at {offset} overflows a {}-byte buffer",
+                dst.len(),
+                m.len()
+            )));
         }
         // SAFETY: bounds checked above.
         unsafe { std::ptr::copy_nonoverlapping(m.ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
@@ -136,7 +159,10 @@ impl Device for CpuDevice {
 
     fn compile(&self, graph: &Graph, weights: &WeightMap) -> Result<Box<dyn Executable>> {
         let inner = hal::interpreter::compile(self.kernels.clone(), graph, weights)?;
-        Ok(Box::new(PooledExecutable { inner, kernels: self.kernels.clone() }))
+        Ok(Box::new(PooledExecutable {
+            inner,
+            kernels: self.kernels.clone(),
+        }))
     }
 }
 
@@ -151,5 +177,8 @@ pub fn host_memory_info() -> MemoryInfo {
             .map(|kb| kb * 1024)
             .unwrap_or(0)
     };
-    MemoryInfo { free_bytes: field("MemAvailable:"), total_bytes: field("MemTotal:") }
+    MemoryInfo {
+        free_bytes: field("MemAvailable:"),
+        total_bytes: field("MemTotal:"),
+    }
 }

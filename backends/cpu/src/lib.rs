@@ -22,7 +22,9 @@ use tessera_core::Result;
 pub const BACKEND_NAME: &str = "cpu";
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn probe() -> Probe {
@@ -31,14 +33,20 @@ fn probe() -> Probe {
         vec![DeviceInfo {
             name: "cpu".into(),
             memory_bytes: Some(mem.total_bytes),
-            detail: format!("{} threads, {} kernels", default_threads(), matmul::simd_level()),
+            detail: format!(
+                "{} threads, {} kernels",
+                default_threads(),
+                matmul::simd_level()
+            ),
         }],
         10,
     )
 }
 
 fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
-    Ok(Arc::new(CpuDevice::new(opts.threads.unwrap_or_else(default_threads))?))
+    Ok(Arc::new(CpuDevice::new(
+        opts.threads.unwrap_or_else(default_threads),
+    )?))
 }
 
 inventory::submit! {

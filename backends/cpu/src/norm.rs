@@ -18,13 +18,24 @@ fn norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     if x.len() >= PAR_MIN {
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| norm_row(r, w, eps, o));
+        out.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .for_each(|(o, r)| norm_row(r, w, eps, o));
     } else {
-        out.chunks_mut(h).zip(x.chunks(h)).for_each(|(o, r)| norm_row(r, w, eps, o));
+        out.chunks_mut(h)
+            .zip(x.chunks(h))
+            .for_each(|(o, r)| norm_row(r, w, eps, o));
     }
 }
 
-pub fn add_rms_norm(x: &[f32], residual: &[f32], w: &[f32], eps: f32, out: &mut [f32], residual_out: &mut [f32]) {
+pub fn add_rms_norm(
+    x: &[f32],
+    residual: &[f32],
+    w: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    residual_out: &mut [f32],
+) {
     let h = w.len();
     let row = |(o, ro, xr, rr): (&mut [f32], &mut [f32], &[f32], &[f32])| {
         for ((d, &a), &b) in ro.iter_mut().zip(xr).zip(rr) {
@@ -38,7 +49,12 @@ pub fn add_rms_norm(x: &[f32], residual: &[f32], w: &[f32], eps: f32, out: &mut 
             .zip(x.par_chunks(h).zip(residual.par_chunks(h)))
             .for_each(|((o, ro), (xr, rr))| row((o, ro, xr, rr)));
     } else {
-        for (((o, ro), xr), rr) in out.chunks_mut(h).zip(residual_out.chunks_mut(h)).zip(x.chunks(h)).zip(residual.chunks(h)) {
+        for (((o, ro), xr), rr) in out
+            .chunks_mut(h)
+            .zip(residual_out.chunks_mut(h))
+            .zip(x.chunks(h))
+            .zip(residual.chunks(h))
+        {
             row((o, ro, xr, rr));
         }
     }

@@ -32,7 +32,9 @@ impl CpuKernels {
 }
 
 fn same_shape(a: &Tensor, b: &Tensor, op: &str) -> Result<()> {
-    expect(a.shape == b.shape, || format!("{op}: shapes {:?} and {:?} differ", a.shape, b.shape))
+    expect(a.shape == b.shape, || {
+        format!("{op}: shapes {:?} and {:?} differ", a.shape, b.shape)
+    })
 }
 
 impl Kernels for CpuKernels {
@@ -49,12 +51,17 @@ impl Kernels for CpuKernels {
         let ids = read::<i32>(ids)?;
         let o = write::<f32>(out)?;
         for (t, &id) in ids.iter().enumerate() {
-            expect(id >= 0 && (id as usize) < vocab, || format!("token id {id} is outside the vocabulary of {vocab}"))?;
+            expect(id >= 0 && (id as usize) < vocab, || {
+                format!("token id {id} is outside the vocabulary of {vocab}")
+            })?;
             let row = &mut o[t * h..(t + 1) * h];
             let src = id as usize * h;
             match read_floats(table)? {
                 Floats::F32(w) => row.copy_from_slice(&w[src..src + h]),
-                Floats::BF16(w) => row.iter_mut().zip(&w[src..src + h]).for_each(|(d, s)| *d = s.to_f32()),
+                Floats::BF16(w) => row
+                    .iter_mut()
+                    .zip(&w[src..src + h])
+                    .for_each(|(d, s)| *d = s.to_f32()),
             }
         }
         Ok(())
@@ -62,7 +69,12 @@ impl Kernels for CpuKernels {
 
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, out: &Tensor) -> Result<()> {
         let (m, k, n) = (x.dim(0), x.dim(1), w.dim(0));
-        expect(w.dim(1) == k && out.shape == [m, n], || format!("linear: x {:?}, w {:?}, out {:?}", x.shape, w.shape, out.shape))?;
+        expect(w.dim(1) == k && out.shape == [m, n], || {
+            format!(
+                "linear: x {:?}, w {:?}, out {:?}",
+                x.shape, w.shape, out.shape
+            )
+        })?;
         let rows = match read_floats(w)? {
             Floats::F32(v) => WeightRows::F32(v),
             Floats::BF16(v) => WeightRows::BF16(v),
@@ -81,9 +93,24 @@ impl Kernels for CpuKernels {
         Ok(())
     }
 
-    fn add_rms_norm(&self, x: &Tensor, residual: &Tensor, w: &Tensor, eps: f32, out: &Tensor, residual_out: &Tensor) -> Result<()> {
+    fn add_rms_norm(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        w: &Tensor,
+        eps: f32,
+        out: &Tensor,
+        residual_out: &Tensor,
+    ) -> Result<()> {
         same_shape(x, residual, "add_rms_norm")?;
-        norm::add_rms_norm(read(x)?, read(residual)?, read(w)?, eps, write(out)?, write(residual_out)?);
+        norm::add_rms_norm(
+            read(x)?,
+            read(residual)?,
+            read(w)?,
+            eps,
+            write(out)?,
+            write(residual_out)?,
+        );
         Ok(())
     }
 
@@ -98,7 +125,9 @@ impl Kernels for CpuKernels {
         let (g, u, o) = (read::<f32>(gate)?, read::<f32>(up)?, write::<f32>(out)?);
         let f = |(o, (&g, &u)): (&mut f32, (&f32, &f32))| *o = g / (1.0 + (-g).exp()) * u;
         if o.len() >= 1 << 15 {
-            o.par_iter_mut().zip(g.par_iter().zip(u.par_iter())).for_each(f);
+            o.par_iter_mut()
+                .zip(g.par_iter().zip(u.par_iter()))
+                .for_each(f);
         } else {
             o.iter_mut().zip(g.iter().zip(u.iter())).for_each(f);
         }
@@ -108,7 +137,9 @@ impl Kernels for CpuKernels {
     fn add(&self, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<()> {
         same_shape(a, b, "add")?;
         let (a, b, o) = (read::<f32>(a)?, read::<f32>(b)?, write::<f32>(out)?);
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = x + y);
+        o.iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(o, (x, y))| *o = x + y);
         Ok(())
     }
 
@@ -121,21 +152,39 @@ impl Kernels for CpuKernels {
                 continue; // padding
             }
             let (blk, off) = (slot as usize / bs, slot as usize % bs);
-            expect(blk < blocks, || format!("slot {slot} is outside the cache of {blocks} blocks of {bs}"))?;
+            expect(blk < blocks, || {
+                format!("slot {slot} is outside the cache of {blocks} blocks of {bs}")
+            })?;
             for h in 0..heads {
                 let s = &src[(t * heads + h) * d..][..d];
                 let at = ((blk * heads + h) * bs + off) * d;
                 match cache.dtype {
                     DType::F32 => write::<f32>(cache)?[at..at + d].copy_from_slice(s),
-                    DType::BF16 => write::<bf16>(cache)?[at..at + d].iter_mut().zip(s).for_each(|(o, &v)| *o = bf16::from_f32(v)),
-                    other => return Err(Error::Unsupported { backend: "cpu".into(), what: format!("{other} KV cache") }),
+                    DType::BF16 => write::<bf16>(cache)?[at..at + d]
+                        .iter_mut()
+                        .zip(s)
+                        .for_each(|(o, &v)| *o = bf16::from_f32(v)),
+                    other => {
+                        return Err(Error::Unsupported {
+                            backend: "cpu".into(),
+                            what: format!("{other} KV cache"),
+                        })
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn paged_attention(&self, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, batch: &AttentionBatch, p: &AttentionParams, out: &Tensor) -> Result<()> {
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        batch: &AttentionBatch,
+        p: &AttentionParams,
+        out: &Tensor,
+    ) -> Result<()> {
         same_shape(q, out, "paged_attention")?;
         same_shape(k_cache, v_cache, "paged_attention")?;
         let g = Geometry {
@@ -154,14 +203,20 @@ impl Kernels for CpuKernels {
         let (qv, o) = (read::<f32>(q)?, write::<f32>(out)?);
         match (read_floats(k_cache)?, read_floats(v_cache)?) {
             (Floats::F32(k), Floats::F32(v)) => attention::paged_attention(qv, k, v, &b, &g, p, o),
-            (Floats::BF16(k), Floats::BF16(v)) => attention::paged_attention(qv, k, v, &b, &g, p, o),
+            (Floats::BF16(k), Floats::BF16(v)) => {
+                attention::paged_attention(qv, k, v, &b, &g, p, o)
+            }
             _ => Err(Error::invalid("K and V caches have different dtypes")),
         }
     }
 
     fn gather_last(&self, x: &Tensor, query_start_loc: &Tensor, out: &Tensor) -> Result<()> {
         let h = x.dim(1);
-        let (xv, qsl, o) = (read::<f32>(x)?, read::<i32>(query_start_loc)?, write::<f32>(out)?);
+        let (xv, qsl, o) = (
+            read::<f32>(x)?,
+            read::<i32>(query_start_loc)?,
+            write::<f32>(out)?,
+        );
         for s in 0..qsl.len().saturating_sub(1) {
             let (start, end) = (qsl[s], qsl[s + 1]);
             let row = &mut o[s * h..(s + 1) * h];
@@ -183,17 +238,32 @@ impl Kernels for CpuKernels {
         Ok(())
     }
 
-    fn sample(&self, logits: &Tensor, temperature: &Tensor, noise: &Tensor, out: &Tensor) -> Result<()> {
+    fn sample(
+        &self,
+        logits: &Tensor,
+        temperature: &Tensor,
+        noise: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
         same_shape(logits, noise, "sample")?;
         let v = logits.dim(1);
-        let (l, t, n, o) = (read::<f32>(logits)?, read::<f32>(temperature)?, read::<f32>(noise)?, write::<i32>(out)?);
+        let (l, t, n, o) = (
+            read::<f32>(logits)?,
+            read::<f32>(temperature)?,
+            read::<f32>(noise)?,
+            write::<i32>(out)?,
+        );
         for (s, dst) in o.iter_mut().enumerate() {
             let row = &l[s * v..(s + 1) * v];
             *dst = if t[s] <= 0.0 {
                 argmax(row.iter().copied())
             } else {
                 let inv = 1.0 / t[s];
-                argmax(row.iter().zip(&n[s * v..(s + 1) * v]).map(|(x, g)| x * inv + g))
+                argmax(
+                    row.iter()
+                        .zip(&n[s * v..(s + 1) * v])
+                        .map(|(x, g)| x * inv + g),
+                )
             } as i32;
         }
         Ok(())

@@ -21,11 +21,18 @@ impl Elem for bf16 {
 
 fn raw<T: Elem>(t: &Tensor) -> Result<*mut T> {
     if t.dtype != T::DTYPE {
-        return Err(Error::invalid(format!("expected a {} tensor, got {}", T::DTYPE, t.dtype)));
+        return Err(Error::invalid(format!(
+            "expected a {} tensor, got {}",
+            T::DTYPE,
+            t.dtype
+        )));
     }
     let m = host_memory(&t.buffer)?;
     if t.offset + t.nbytes() > m.len() || !t.offset.is_multiple_of(std::mem::align_of::<T>()) {
-        return Err(Error::invalid(format!("tensor {:?} at {} is out of its buffer", t.shape, t.offset)));
+        return Err(Error::invalid(format!(
+            "tensor {:?} at {} is out of its buffer",
+            t.shape, t.offset
+        )));
     }
     // SAFETY: offset checked to lie within the allocation.
     Ok(unsafe { m.ptr().add(t.offset) } as *mut T)
@@ -56,7 +63,10 @@ pub fn read_floats(t: &Tensor) -> Result<Floats<'_>> {
     match t.dtype {
         DType::F32 => Ok(Floats::F32(read(t)?)),
         DType::BF16 => Ok(Floats::BF16(read(t)?)),
-        other => Err(Error::Unsupported { backend: "cpu".into(), what: format!("{other} tensors here") }),
+        other => Err(Error::Unsupported {
+            backend: "cpu".into(),
+            what: format!("{other} tensors here"),
+        }),
     }
 }
 

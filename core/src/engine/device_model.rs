@@ -21,16 +21,33 @@ impl DeviceModel {
     pub fn load(device: Arc<dyn Device>, src: &ModelSource, weight_dtype: DType) -> Result<Self> {
         let caps = device.capabilities();
         if !caps.weight_dtypes.contains(&weight_dtype) {
-            return Err(Error::Unsupported { backend: device.name(), what: format!("{weight_dtype} weights") });
+            return Err(Error::Unsupported {
+                backend: device.name(),
+                what: format!("{weight_dtype} weights"),
+            });
         }
-        let kv = if caps.kv_dtypes.contains(&weight_dtype) { weight_dtype } else { caps.activation_dtype };
-        let dtypes = DTypes { weight: weight_dtype, activation: caps.activation_dtype, kv };
+        let kv = if caps.kv_dtypes.contains(&weight_dtype) {
+            weight_dtype
+        } else {
+            caps.activation_dtype
+        };
+        let dtypes = DTypes {
+            weight: weight_dtype,
+            activation: caps.activation_dtype,
+            kv,
+        };
         let cfg = &src.config;
         if cfg.tie_word_embeddings && !src.weights.contains(names::EMBED) {
-            return Err(Error::model(&src.name, "tied embeddings but no embedding table"));
+            return Err(Error::model(
+                &src.name,
+                "tied embeddings but no embedding table",
+            ));
         }
         if !cfg.tie_word_embeddings && !src.weights.contains(names::LM_HEAD) {
-            return Err(Error::model(&src.name, "no lm_head.weight and tie_word_embeddings is false"));
+            return Err(Error::model(
+                &src.name,
+                "no lm_head.weight and tie_word_embeddings is false",
+            ));
         }
         let mut weights = WeightMap::new();
         let mut weight_bytes = 0;
@@ -39,7 +56,10 @@ impl DeviceModel {
             if host.shape != shape {
                 return Err(Error::model(
                     &src.name,
-                    format!("tensor {name} has shape {:?}, the config implies {shape:?}", host.shape),
+                    format!(
+                        "tensor {name} has shape {:?}, the config implies {shape:?}",
+                        host.shape
+                    ),
                 ));
             }
             let bytes = host.as_bytes();
@@ -48,7 +68,13 @@ impl DeviceModel {
             weight_bytes += bytes.len();
             weights.insert(name, Tensor::new(buf, 0, dtype, shape)?);
         }
-        Ok(DeviceModel { config: cfg.clone(), dtypes, device, weights, weight_bytes })
+        Ok(DeviceModel {
+            config: cfg.clone(),
+            dtypes,
+            device,
+            weights,
+            weight_bytes,
+        })
     }
 
     /// Bytes a decode step reads from the weights (the tied head is read twice:

@@ -60,7 +60,11 @@ pub fn generate(
         )));
     }
     let table = |len: usize| -> Vec<u32> { (0..len.div_ceil(bs) as u32).collect() };
-    let mut stats = GenerateStats { prompt_tokens: prompt.len(), finish_reason: "length".into(), ..Default::default() };
+    let mut stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        finish_reason: "length".into(),
+        ..Default::default()
+    };
 
     // Prefill in chunks; the last chunk's logits pick the first token.
     let start = Instant::now();

@@ -14,11 +14,24 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(device: &dyn Device, cfg: &ModelConfig, dtype: DType, shape: KvShape) -> Result<Self> {
-        if !device.capabilities().block_sizes.contains(&shape.block_size) {
+    pub fn new(
+        device: &dyn Device,
+        cfg: &ModelConfig,
+        dtype: DType,
+        shape: KvShape,
+    ) -> Result<Self> {
+        if !device
+            .capabilities()
+            .block_sizes
+            .contains(&shape.block_size)
+        {
             return Err(Error::device(
                 device.name(),
-                format!("block size {} is not supported (supported: {:?})", shape.block_size, device.capabilities().block_sizes),
+                format!(
+                    "block size {} is not supported (supported: {:?})",
+                    shape.block_size,
+                    device.capabilities().block_sizes
+                ),
             ));
         }
         let layer = shape.layer_shape(cfg);
@@ -27,7 +40,11 @@ impl KvCache {
         for _ in 0..2 * cfg.num_layers {
             tensors.push(Tensor::new(device.alloc(bytes)?, 0, dtype, layer.clone())?);
         }
-        Ok(KvCache { shape, dtype, tensors })
+        Ok(KvCache {
+            shape,
+            dtype,
+            tensors,
+        })
     }
 
     pub fn bytes(&self) -> usize {

@@ -38,12 +38,19 @@ fn pad_to_bucket(n: usize) -> usize {
 
 impl Runner {
     pub fn new(model: DeviceModel, kv: KvCache) -> Self {
-        Runner { model, kv, executables: VecDeque::new() }
+        Runner {
+            model,
+            kv,
+            executables: VecDeque::new(),
+        }
     }
 
     fn executable(&mut self, shape: StepShape) -> Result<&mut Box<dyn Executable>> {
         if let Some(i) = self.executables.iter().position(|(s, _)| *s == shape) {
-            let entry = self.executables.remove(i).ok_or_else(|| Error::invalid("executable cache"))?;
+            let entry = self
+                .executables
+                .remove(i)
+                .ok_or_else(|| Error::invalid("executable cache"))?;
             self.executables.push_front(entry);
         } else {
             let graph = build_graph(&self.model.config, shape, self.model.dtypes, self.kv.shape)?;
@@ -68,12 +75,22 @@ impl Runner {
     /// Runs one step; returns f32 logits `[sequences, vocab]` (or `[tokens, vocab]`).
     pub fn step(&mut self, b: &StepBatch) -> Result<HostTensor> {
         let (t, s) = (b.tokens.len(), b.seq_lens.len());
-        if t == 0 || s == 0 || b.positions.len() != t || b.slots.len() != t || b.query_start_loc.len() != s + 1 || b.block_tables.len() != s {
-            return Err(Error::invalid(format!("malformed step batch: {t} tokens, {s} sequences")));
+        if t == 0
+            || s == 0
+            || b.positions.len() != t
+            || b.slots.len() != t
+            || b.query_start_loc.len() != s + 1
+            || b.block_tables.len() != s
+        {
+            return Err(Error::invalid(format!(
+                "malformed step batch: {t} tokens, {s} sequences"
+            )));
         }
         let vocab = self.model.config.vocab_size;
         if let Some(&bad) = b.tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Request(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
+            return Err(Error::Request(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
         }
         let exact = self.model.device.capabilities().exact_shapes;
         let max_blocks = pad_to_bucket(b.block_tables.iter().map(Vec::len).max().unwrap_or(1));
@@ -110,14 +127,20 @@ impl Runner {
             self.upload_i32(&tables, vec![shape.num_seqs, max_blocks])?,
         ];
         let mut state = std::mem::take(&mut self.kv.tensors);
-        let result = self.executable(shape).and_then(|exe| exe.run(&inputs, &mut state));
+        let result = self
+            .executable(shape)
+            .and_then(|exe| exe.run(&inputs, &mut state));
         self.kv.tensors = state;
         let outputs = result?;
-        let logits = outputs.first().ok_or_else(|| Error::invalid("the graph returned no logits"))?;
+        let logits = outputs
+            .first()
+            .ok_or_else(|| Error::invalid("the graph returned no logits"))?;
         let rows = if b.all_logits { t } else { s };
         let row_bytes = vocab * logits.dtype.size();
         let mut raw = vec![0u8; rows * row_bytes];
-        self.model.device.download(&logits.buffer, logits.offset, &mut raw)?;
+        self.model
+            .device
+            .download(&logits.buffer, logits.offset, &mut raw)?;
         HostTensor::from_bytes(logits.dtype, vec![rows, vocab], &raw)?.to_dtype(DType::F32)
     }
 }

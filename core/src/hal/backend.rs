@@ -32,10 +32,18 @@ pub struct Probe {
 
 impl Probe {
     pub fn found(devices: Vec<DeviceInfo>, score: u32) -> Self {
-        Probe { devices, reason: None, score }
+        Probe {
+            devices,
+            reason: None,
+            score,
+        }
     }
     pub fn unavailable(reason: impl Into<String>) -> Self {
-        Probe { devices: vec![], reason: Some(reason.into()), score: 0 }
+        Probe {
+            devices: vec![],
+            reason: Some(reason.into()),
+            score: 0,
+        }
     }
     pub fn available(&self) -> bool {
         !self.devices.is_empty()
@@ -70,37 +78,64 @@ pub fn backends() -> Vec<&'static BackendEntry> {
 
 /// Opens `spec`: `auto`, a backend name, or `name:ordinal`.
 pub fn open_device(spec: &str, threads: Option<usize>) -> Result<Arc<dyn Device>> {
-    let names = || backends().iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
+    let names = || {
+        backends()
+            .iter()
+            .map(|b| b.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if spec == "auto" {
         let best = backends()
             .into_iter()
             .map(|b| (b, (b.probe)()))
             .filter(|(_, p)| p.available())
             .max_by_key(|(_, p)| p.score);
-        let (entry, _) = best.ok_or_else(|| Error::device("auto", format!("no backend found a device (registered: {})", names())))?;
+        let (entry, _) = best.ok_or_else(|| {
+            Error::device(
+                "auto",
+                format!("no backend found a device (registered: {})", names()),
+            )
+        })?;
         tracing::info!("device auto: picked {}", entry.name);
-        return (entry.open)(&OpenOptions { ordinal: 0, threads });
+        return (entry.open)(&OpenOptions {
+            ordinal: 0,
+            threads,
+        });
     }
     let (name, ordinal) = match spec.split_once(':') {
         Some((n, o)) => {
             let o = o.parse::<usize>().map_err(|_| {
-                Error::device(spec, "the part after ':' must be a device number, as in cuda:1")
+                Error::device(
+                    spec,
+                    "the part after ':' must be a device number, as in cuda:1",
+                )
             })?;
             (n, o)
         }
         None => (spec, 0),
     };
-    let entry = backends().into_iter().find(|b| b.name == name).ok_or_else(|| {
-        let why = if PLANNED.contains(&name) { "this build has no such backend yet" } else { "unknown device" };
-        Error::device(spec, format!("{why}; choose one of: auto, {}", names()))
-    })?;
+    let entry = backends()
+        .into_iter()
+        .find(|b| b.name == name)
+        .ok_or_else(|| {
+            let why = if PLANNED.contains(&name) {
+                "this build has no such backend yet"
+            } else {
+                "unknown device"
+            };
+            Error::device(spec, format!("{why}; choose one of: auto, {}", names()))
+        })?;
     let probe = (entry.probe)();
     if !probe.available() {
         let why = probe.reason.unwrap_or_else(|| "no device found".into());
         return Err(Error::device(spec, format!("unavailable: {why}")));
     }
     if ordinal >= probe.devices.len() {
-        return Err(Error::device(spec, format!("only {} device(s) found", probe.devices.len())));
+        return Err(Error::device(
+            spec,
+            format!("only {} device(s) found", probe.devices.len()),
+        ));
     }
     (entry.open)(&OpenOptions { ordinal, threads })
 }

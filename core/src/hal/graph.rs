@@ -85,7 +85,12 @@ impl RopeParams {
             .collect();
         match self.scaling {
             RopeScaling::None | RopeScaling::Linear { .. } => base,
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
                 let old = original_max_position_embeddings as f32;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
@@ -97,7 +102,8 @@ impl RopeParams {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -225,7 +231,10 @@ impl Graph {
     }
 
     pub fn weight(&mut self, name: &str, dtype: DType, shape: Vec<usize>) -> ValueId {
-        self.push_value(TensorType::new(dtype, shape), ValueKind::Weight(name.into()))
+        self.push_value(
+            TensorType::new(dtype, shape),
+            ValueKind::Weight(name.into()),
+        )
     }
 
     pub fn output(&mut self, v: ValueId) {
@@ -247,9 +256,16 @@ impl Graph {
 
     fn node(&mut self, op: Op, inputs: Vec<ValueId>, outs: Vec<TensorType>) -> Vec<ValueId> {
         let idx = self.nodes.len();
-        let outputs: Vec<ValueId> =
-            outs.into_iter().enumerate().map(|(i, ty)| self.push_value(ty, ValueKind::Node(idx, i))).collect();
-        self.nodes.push(Node { op, inputs, outputs: outputs.clone() });
+        let outputs: Vec<ValueId> = outs
+            .into_iter()
+            .enumerate()
+            .map(|(i, ty)| self.push_value(ty, ValueKind::Node(idx, i)))
+            .collect();
+        self.nodes.push(Node {
+            op,
+            inputs,
+            outputs: outputs.clone(),
+        });
         outputs
     }
 
@@ -259,43 +275,73 @@ impl Graph {
 
     pub fn embedding(&mut self, table: ValueId, ids: ValueId, act: DType) -> ValueId {
         let (ts, is) = (self.shape(table).to_vec(), self.shape(ids).to_vec());
-        self.check(ts.len() == 2 && is.len() == 1, || format!("embedding: table {ts:?}, ids {is:?}"));
-        let shape = vec![is.first().copied().unwrap_or(0), ts.get(1).copied().unwrap_or(0)];
+        self.check(ts.len() == 2 && is.len() == 1, || {
+            format!("embedding: table {ts:?}, ids {is:?}")
+        });
+        let shape = vec![
+            is.first().copied().unwrap_or(0),
+            ts.get(1).copied().unwrap_or(0),
+        ];
         self.node1(Op::Embedding, vec![table, ids], TensorType::new(act, shape))
     }
 
     pub fn linear(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>) -> ValueId {
         let (xs, ws) = (self.shape(x).to_vec(), self.shape(w).to_vec());
-        self.check(xs.len() == 2 && ws.len() == 2 && xs[1] == ws[1], || format!("linear: x {xs:?}, w {ws:?}"));
+        self.check(xs.len() == 2 && ws.len() == 2 && xs[1] == ws[1], || {
+            format!("linear: x {xs:?}, w {ws:?}")
+        });
         if let Some(b) = bias {
             let bs = self.shape(b).to_vec();
-            self.check(bs == [ws[0]], || format!("linear: bias {bs:?} for w {ws:?}"));
+            self.check(bs == [ws[0]], || {
+                format!("linear: bias {bs:?} for w {ws:?}")
+            });
         }
         let dtype = self.ty(x).dtype;
         let mut inputs = vec![x, w];
         inputs.extend(bias);
-        self.node1(Op::Linear, inputs, TensorType::new(dtype, vec![xs[0], ws[0]]))
+        self.node1(
+            Op::Linear,
+            inputs,
+            TensorType::new(dtype, vec![xs[0], ws[0]]),
+        )
     }
 
     pub fn rms_norm(&mut self, x: ValueId, w: ValueId, eps: f32) -> ValueId {
         let (xs, ws) = (self.shape(x).to_vec(), self.shape(w).to_vec());
-        self.check(xs.last() == ws.first() && ws.len() == 1, || format!("rms_norm: x {xs:?}, w {ws:?}"));
+        self.check(xs.last() == ws.first() && ws.len() == 1, || {
+            format!("rms_norm: x {xs:?}, w {ws:?}")
+        });
         let ty = self.ty(x).clone();
         self.node1(Op::RmsNorm { eps }, vec![x, w], ty)
     }
 
     /// Returns `(norm(x + residual) * w, x + residual)`.
-    pub fn add_rms_norm(&mut self, x: ValueId, residual: ValueId, w: ValueId, eps: f32) -> (ValueId, ValueId) {
+    pub fn add_rms_norm(
+        &mut self,
+        x: ValueId,
+        residual: ValueId,
+        w: ValueId,
+        eps: f32,
+    ) -> (ValueId, ValueId) {
         let (xs, rs) = (self.shape(x).to_vec(), self.shape(residual).to_vec());
-        self.check(xs == rs, || format!("add_rms_norm: x {xs:?}, residual {rs:?}"));
+        self.check(xs == rs, || {
+            format!("add_rms_norm: x {xs:?}, residual {rs:?}")
+        });
         let ty = self.ty(x).clone();
-        let o = self.node(Op::AddRmsNorm { eps }, vec![x, residual, w], vec![ty.clone(), ty]);
+        let o = self.node(
+            Op::AddRmsNorm { eps },
+            vec![x, residual, w],
+            vec![ty.clone(), ty],
+        );
         (o[0], o[1])
     }
 
     pub fn rope(&mut self, x: ValueId, positions: ValueId, p: RopeParams) -> ValueId {
         let (xs, ps) = (self.shape(x).to_vec(), self.shape(positions).to_vec());
-        self.check(xs.len() == 3 && xs[2] == p.head_dim && ps == [xs[0]], || format!("rope: x {xs:?}, positions {ps:?}"));
+        self.check(
+            xs.len() == 3 && xs[2] == p.head_dim && ps == [xs[0]],
+            || format!("rope: x {xs:?}, positions {ps:?}"),
+        );
         let ty = self.ty(x).clone();
         self.node1(Op::Rope(p), vec![x, positions], ty)
     }
@@ -317,15 +363,20 @@ impl Graph {
     /// Views `x` with another shape of the same number of elements; no data moves.
     pub fn reshape(&mut self, x: ValueId, shape: Vec<usize>) -> ValueId {
         let xs = self.shape(x).to_vec();
-        self.check(xs.iter().product::<usize>() == shape.iter().product::<usize>(), || {
-            format!("reshape {xs:?} to {shape:?}")
-        });
+        self.check(
+            xs.iter().product::<usize>() == shape.iter().product::<usize>(),
+            || format!("reshape {xs:?} to {shape:?}"),
+        );
         let dtype = self.ty(x).dtype;
         self.push_value(TensorType::new(dtype, shape), ValueKind::Reshape(x))
     }
 
     pub fn kv_write(&mut self, cache: ValueId, new: ValueId, slots: ValueId) -> ValueId {
-        let (cs, ns, ss) = (self.shape(cache).to_vec(), self.shape(new).to_vec(), self.shape(slots).to_vec());
+        let (cs, ns, ss) = (
+            self.shape(cache).to_vec(),
+            self.shape(new).to_vec(),
+            self.shape(slots).to_vec(),
+        );
         self.check(
             cs.len() == 4 && ns.len() == 3 && cs[1] == ns[1] && cs[3] == ns[2] && ss == [ns[0]],
             || format!("kv_write: cache {cs:?}, new {ns:?}, slots {ss:?}"),
@@ -346,7 +397,10 @@ impl Graph {
         p: AttentionParams,
     ) -> ValueId {
         let (qs, ks) = (self.shape(q).to_vec(), self.shape(k_cache).to_vec());
-        let (ls, bs) = (self.shape(seq_lens).to_vec(), self.shape(block_tables).to_vec());
+        let (ls, bs) = (
+            self.shape(seq_lens).to_vec(),
+            self.shape(block_tables).to_vec(),
+        );
         let qsl = self.shape(query_start_loc).to_vec();
         self.check(
             qs.len() == 3 && ks.len() == 4 && qs[2] == ks[3] && ks[1] > 0 && qs[1] % ks[1] == 0,
@@ -356,12 +410,18 @@ impl Graph {
             format!("paged_attention: query_start_loc {qsl:?}, seq_lens {ls:?}, block_tables {bs:?}")
         });
         let ty = self.ty(q).clone();
-        self.node1(Op::PagedAttention(p), vec![q, k_cache, v_cache, query_start_loc, seq_lens, block_tables], ty)
+        self.node1(
+            Op::PagedAttention(p),
+            vec![q, k_cache, v_cache, query_start_loc, seq_lens, block_tables],
+            ty,
+        )
     }
 
     pub fn gather_last(&mut self, x: ValueId, query_start_loc: ValueId) -> ValueId {
         let (xs, qs) = (self.shape(x).to_vec(), self.shape(query_start_loc).to_vec());
-        self.check(xs.len() == 2 && qs.len() == 1 && qs[0] >= 1, || format!("gather_last: x {xs:?}, qsl {qs:?}"));
+        self.check(xs.len() == 2 && qs.len() == 1 && qs[0] >= 1, || {
+            format!("gather_last: x {xs:?}, qsl {qs:?}")
+        });
         let ty = TensorType::new(self.ty(x).dtype, vec![qs[0].saturating_sub(1), xs[1]]);
         self.node1(Op::GatherLast, vec![x, query_start_loc], ty)
     }
@@ -369,13 +429,27 @@ impl Graph {
     pub fn argmax(&mut self, logits: ValueId) -> ValueId {
         let ls = self.shape(logits).to_vec();
         self.check(ls.len() == 2, || format!("argmax: logits {ls:?}"));
-        self.node1(Op::Argmax, vec![logits], TensorType::new(DType::I32, vec![ls[0]]))
+        self.node1(
+            Op::Argmax,
+            vec![logits],
+            TensorType::new(DType::I32, vec![ls[0]]),
+        )
     }
 
     pub fn sample(&mut self, logits: ValueId, temperature: ValueId, noise: ValueId) -> ValueId {
-        let (ls, ts, ns) = (self.shape(logits).to_vec(), self.shape(temperature).to_vec(), self.shape(noise).to_vec());
-        self.check(ls.len() == 2 && ts == [ls[0]] && ns == ls, || format!("sample: logits {ls:?}, t {ts:?}, noise {ns:?}"));
-        self.node1(Op::Sample, vec![logits, temperature, noise], TensorType::new(DType::I32, vec![ls[0]]))
+        let (ls, ts, ns) = (
+            self.shape(logits).to_vec(),
+            self.shape(temperature).to_vec(),
+            self.shape(noise).to_vec(),
+        );
+        self.check(ls.len() == 2 && ts == [ls[0]] && ns == ls, || {
+            format!("sample: logits {ls:?}, t {ts:?}, noise {ns:?}")
+        });
+        self.node1(
+            Op::Sample,
+            vec![logits, temperature, noise],
+            TensorType::new(DType::I32, vec![ls[0]]),
+        )
     }
 
     /// Checks the graph and returns it, or the first shape error.

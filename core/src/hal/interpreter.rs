@@ -24,7 +24,11 @@ pub struct Interpreted {
     homes: Vec<Home>,
 }
 
-pub fn compile(kernels: Arc<dyn Kernels>, graph: &Graph, weights: &WeightMap) -> Result<Box<dyn Executable>> {
+pub fn compile(
+    kernels: Arc<dyn Kernels>,
+    graph: &Graph,
+    weights: &WeightMap,
+) -> Result<Box<dyn Executable>> {
     let n = graph.values.len();
     // Each value's root: the value whose storage it shares (itself unless it is a
     // reshape or the in-place result of an op such as kv_write).
@@ -64,7 +68,12 @@ pub fn compile(kernels: Arc<dyn Kernels>, graph: &Graph, weights: &WeightMap) ->
                 continue; // aliases an existing value
             }
             let need = graph.values[r].ty.nbytes().max(1);
-            let best = free.iter().enumerate().filter(|(_, &s)| slots[s] >= need).min_by_key(|(_, &s)| slots[s]).map(|(i, _)| i);
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, &s)| slots[s] >= need)
+                .min_by_key(|(_, &s)| slots[s])
+                .map(|(i, _)| i);
             slot_of[r] = match best {
                 Some(i) => free.swap_remove(i),
                 None => {
@@ -80,7 +89,10 @@ pub fn compile(kernels: Arc<dyn Kernels>, graph: &Graph, weights: &WeightMap) ->
             }
         }
     }
-    let buffers = slots.iter().map(|&b| kernels.alloc(b)).collect::<Result<Vec<_>>>()?;
+    let buffers = slots
+        .iter()
+        .map(|&b| kernels.alloc(b))
+        .collect::<Result<Vec<_>>>()?;
 
     let mut homes: Vec<Home> = Vec::with_capacity(n);
     for (i, v) in graph.values.iter().enumerate() {
@@ -88,7 +100,9 @@ pub fn compile(kernels: Arc<dyn Kernels>, graph: &Graph, weights: &WeightMap) ->
             ValueKind::Input(_) => Home::Input(position(&graph.inputs, i)?),
             ValueKind::State(_) => Home::State(position(&graph.state, i)?),
             ValueKind::Weight(name) => {
-                let w = weights.get(name).ok_or_else(|| Error::invalid(format!("weight {name} was not uploaded")))?;
+                let w = weights
+                    .get(name)
+                    .ok_or_else(|| Error::invalid(format!("weight {name} was not uploaded")))?;
                 if w.dtype != v.ty.dtype || w.shape != v.ty.shape {
                     return Err(Error::invalid(format!(
                         "weight {name} is {} {:?}, the graph wants {} {:?}",
@@ -98,20 +112,32 @@ pub fn compile(kernels: Arc<dyn Kernels>, graph: &Graph, weights: &WeightMap) ->
                 Home::Fixed(w.clone())
             }
             ValueKind::Reshape(_) | ValueKind::Node(..) if root[i] != i => match &homes[root[i]] {
-                Home::Fixed(t) => Home::Fixed(Tensor { shape: v.ty.shape.clone(), ..t.clone() }),
+                Home::Fixed(t) => Home::Fixed(Tensor {
+                    shape: v.ty.shape.clone(),
+                    ..t.clone()
+                }),
                 other => other.clone(),
             },
-            ValueKind::Reshape(_) | ValueKind::Node(..) => {
-                Home::Fixed(Tensor::new(buffers[slot_of[i]].clone(), 0, v.ty.dtype, v.ty.shape.clone())?)
-            }
+            ValueKind::Reshape(_) | ValueKind::Node(..) => Home::Fixed(Tensor::new(
+                buffers[slot_of[i]].clone(),
+                0,
+                v.ty.dtype,
+                v.ty.shape.clone(),
+            )?),
         };
         homes.push(home);
     }
-    Ok(Box::new(Interpreted { kernels, graph: graph.clone(), homes }))
+    Ok(Box::new(Interpreted {
+        kernels,
+        graph: graph.clone(),
+        homes,
+    }))
 }
 
 fn position(list: &[ValueId], i: usize) -> Result<usize> {
-    list.iter().position(|v| v.0 as usize == i).ok_or_else(|| Error::invalid(format!("value {i} is not listed")))
+    list.iter()
+        .position(|v| v.0 as usize == i)
+        .ok_or_else(|| Error::invalid(format!("value {i} is not listed")))
 }
 
 impl Interpreted {
@@ -119,15 +145,29 @@ impl Interpreted {
         let ty = &self.graph.values[v.0 as usize].ty;
         match &self.homes[v.0 as usize] {
             Home::Fixed(t) => t.clone(),
-            Home::Input(k) => Tensor { shape: ty.shape.clone(), ..inputs[*k].clone() },
-            Home::State(k) => Tensor { shape: ty.shape.clone(), ..state[*k].clone() },
+            Home::Input(k) => Tensor {
+                shape: ty.shape.clone(),
+                ..inputs[*k].clone()
+            },
+            Home::State(k) => Tensor {
+                shape: ty.shape.clone(),
+                ..state[*k].clone()
+            },
         }
     }
 
     fn run_node(&self, node: &Node, inputs: &[Tensor], state: &[Tensor]) -> Result<()> {
         let k = &*self.kernels;
-        let i: Vec<Tensor> = node.inputs.iter().map(|&v| self.tensor(v, inputs, state)).collect();
-        let o: Vec<Tensor> = node.outputs.iter().map(|&v| self.tensor(v, inputs, state)).collect();
+        let i: Vec<Tensor> = node
+            .inputs
+            .iter()
+            .map(|&v| self.tensor(v, inputs, state))
+            .collect();
+        let o: Vec<Tensor> = node
+            .outputs
+            .iter()
+            .map(|&v| self.tensor(v, inputs, state))
+            .collect();
         match &node.op {
             Op::Embedding => k.embedding(&i[0], &i[1], &o[0]),
             Op::Linear => k.linear(&i[0], &i[1], i.get(2), &o[0]),
@@ -138,7 +178,11 @@ impl Interpreted {
             Op::Add => k.add(&i[0], &i[1], &o[0]),
             Op::KvWrite => k.kv_write(&i[0], &i[1], &i[2]),
             Op::PagedAttention(p) => {
-                let batch = AttentionBatch { query_start_loc: &i[3], seq_lens: &i[4], block_tables: &i[5] };
+                let batch = AttentionBatch {
+                    query_start_loc: &i[3],
+                    seq_lens: &i[4],
+                    block_tables: &i[5],
+                };
                 k.paged_attention(&i[0], &i[1], &i[2], &batch, p, &o[0])
             }
             Op::GatherLast => k.gather_last(&i[0], &i[1], &o[0]),
@@ -170,10 +214,18 @@ impl Executable for Interpreted {
             )));
         }
         for (v, t) in self.graph.inputs.iter().zip(inputs) {
-            check_bound(&format!("input {:?}", self.graph.value(*v).kind), self.graph.ty(*v), t)?;
+            check_bound(
+                &format!("input {:?}", self.graph.value(*v).kind),
+                self.graph.ty(*v),
+                t,
+            )?;
         }
         for (v, t) in self.graph.state.iter().zip(state.iter()) {
-            check_bound(&format!("state {:?}", self.graph.value(*v).kind), self.graph.ty(*v), t)?;
+            check_bound(
+                &format!("state {:?}", self.graph.value(*v).kind),
+                self.graph.ty(*v),
+                t,
+            )?;
         }
         for node in &self.graph.nodes {
             self.run_node(node, inputs, state).map_err(|e| match e {
@@ -181,6 +233,11 @@ impl Executable for Interpreted {
                 other => other,
             })?;
         }
-        Ok(self.graph.outputs.iter().map(|&v| self.tensor(v, inputs, state)).collect())
+        Ok(self
+            .graph
+            .outputs
+            .iter()
+            .map(|&v| self.tensor(v, inputs, state))
+            .collect())
     }
 }

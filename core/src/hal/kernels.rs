@@ -56,7 +56,16 @@ pub trait Kernels: Send + Sync {
         self.rms_norm(residual_out, w, eps, out)
     }
 
-    fn sample(&self, _logits: &Tensor, _temperature: &Tensor, _noise: &Tensor, _out: &Tensor) -> Result<()> {
-        Err(Error::Unsupported { backend: self.backend().into(), what: "op sample".into() })
+    fn sample(
+        &self,
+        _logits: &Tensor,
+        _temperature: &Tensor,
+        _noise: &Tensor,
+        _out: &Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.backend().into(),
+            what: "op sample".into(),
+        })
     }
 }

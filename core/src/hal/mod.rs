@@ -11,6 +11,8 @@ pub mod tensor;
 
 pub use backend::{backends, open_device, BackendEntry, DeviceInfo, OpenOptions, Probe};
 pub use device::{Capabilities, Device, Executable, KvLayout, MemoryInfo, WeightMap};
-pub use graph::{AttentionParams, Graph, Op, RopeParams, RopeStyle, TensorType, ValueId, ValueKind};
+pub use graph::{
+    AttentionParams, Graph, Op, RopeParams, RopeStyle, TensorType, ValueId, ValueKind,
+};
 pub use kernels::{AttentionBatch, Kernels};
 pub use tensor::{Buffer, DeviceMemory, Tensor};

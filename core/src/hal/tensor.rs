@@ -56,7 +56,12 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(buffer: Buffer, offset: usize, dtype: DType, shape: Vec<usize>) -> Result<Self> {
-        let t = Tensor { buffer, offset, dtype, shape };
+        let t = Tensor {
+            buffer,
+            offset,
+            dtype,
+            shape,
+        };
         if t.offset + t.nbytes() > t.buffer.len() {
             return Err(Error::invalid(format!(
                 "a {} tensor of shape {:?} at offset {} does not fit a buffer of {} bytes",

@@ -18,9 +18,15 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self> {
-        let t = ChatTemplate { source, bos_token, eos_token };
+        let t = ChatTemplate {
+            source,
+            bos_token,
+            eos_token,
+        };
         // Compile once now so a broken template is reported at load, not per request.
-        t.env()?.template_from_str(&t.source).map_err(|e| Error::Template(e.to_string()))?;
+        t.env()?
+            .template_from_str(&t.source)
+            .map_err(|e| Error::Template(e.to_string()))?;
         Ok(t)
     }
 
@@ -36,7 +42,11 @@ impl ChatTemplate {
         let token = |k: &str| -> String {
             match cfg.get(k) {
                 Some(serde_json::Value::String(s)) => s.clone(),
-                Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+                Some(v) => v
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .to_string(),
                 None => String::new(),
             }
         };
@@ -60,16 +70,24 @@ impl ChatTemplate {
     fn env(&self) -> Result<minijinja::Environment<'static>> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
         Ok(env)
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let env = self.env()?;
-        let tmpl = env.template_from_str(&self.source).map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env
+            .template_from_str(&self.source)
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -89,8 +107,19 @@ mod tests {
         let src = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'].strip() }}<|im_end|>\n{% endfor %}\
                    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let t = ChatTemplate::new(src.into(), String::new(), "<|im_end|>".into()).unwrap();
-        let out = t.render(&[ChatMessage { role: "user".into(), content: " hi ".into() }], true).unwrap();
-        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        let out = t
+            .render(
+                &[ChatMessage {
+                    role: "user".into(),
+                    content: " hi ".into(),
+                }],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]

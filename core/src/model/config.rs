@@ -9,9 +9,16 @@ use std::path::Path;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,8 +49,12 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::model(path.display(), format!("config.json is not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            Error::model(
+                path.display(),
+                format!("config.json is not valid JSON: {e}"),
+            )
+        })?;
         Self::from_hf_json(&v).map_err(|e| match e {
             Error::Model { message, .. } => Error::model(path.display(), message),
             other => other,
@@ -55,7 +66,11 @@ impl ModelConfig {
         let arch_list: Vec<String> = v
             .get("architectures")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match (model_type, arch_list.first().map(String::as_str)) {
@@ -72,15 +87,24 @@ impl ModelConfig {
         .to_string();
 
         let usize_key = |k: &str| -> Result<usize> {
-            v.get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| bad(format!("missing or non-integer `{k}`")))
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| bad(format!("missing or non-integer `{k}`")))
         };
         let hidden_size = usize_key("hidden_size")?;
         let num_heads = usize_key("num_attention_heads")?;
-        let num_kv_heads = v.get("num_key_value_heads").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(num_heads);
+        let num_kv_heads = v
+            .get("num_key_value_heads")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .unwrap_or(num_heads);
         let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
             Some(d) => d as usize,
             None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => return Err(bad(format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"))),
+            None => return Err(bad(format!(
+                "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
+            ))),
         };
 
         // transformers 5 moved rope_theta and rope_scaling into `rope_parameters`.
@@ -90,7 +114,10 @@ impl ModelConfig {
             .or_else(|| v.get("rope_theta"))
             .and_then(Value::as_f64)
             .unwrap_or(10000.0) as f32;
-        let scaling_obj = v.get("rope_scaling").filter(|x| x.is_object()).or(rope_params);
+        let scaling_obj = v
+            .get("rope_scaling")
+            .filter(|x| x.is_object())
+            .or(rope_params);
         let rope_scaling = match scaling_obj {
             None => RopeScaling::None,
             Some(s) => parse_rope_scaling(s).map_err(bad)?,
@@ -98,7 +125,10 @@ impl ModelConfig {
 
         let eos_token_ids = match v.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect(),
             _ => vec![],
         };
         let stored_dtype = v
@@ -106,11 +136,23 @@ impl ModelConfig {
             .or_else(|| v.get("torch_dtype"))
             .and_then(Value::as_str)
             .and_then(DType::parse);
-        let use_sliding = v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(architecture == "mistral");
-        let sliding_window = if use_sliding { v.get("sliding_window").and_then(Value::as_u64).map(|x| x as usize) } else { None };
+        let use_sliding = v
+            .get("use_sliding_window")
+            .and_then(Value::as_bool)
+            .unwrap_or(architecture == "mistral");
+        let sliding_window = if use_sliding {
+            v.get("sliding_window")
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+        } else {
+            None
+        };
 
         let cfg = ModelConfig {
-            qkv_bias: v.get("attention_bias").and_then(Value::as_bool).unwrap_or(architecture == "qwen2"),
+            qkv_bias: v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(architecture == "qwen2"),
             architecture,
             vocab_size: usize_key("vocab_size")?,
             hidden_size,
@@ -119,13 +161,25 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(4096) as usize,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            max_position_embeddings: v
+                .get("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .unwrap_or(4096) as usize,
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             sliding_window,
-            bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            bos_token_id: v
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
             eos_token_ids,
             stored_dtype,
         };
@@ -136,7 +190,12 @@ impl ModelConfig {
     /// Checks the invariants the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::model("config", m));
-        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 || self.num_heads == 0 || self.head_dim == 0 {
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.num_layers == 0
+            || self.num_heads == 0
+            || self.head_dim == 0
+        {
             return bad(format!("sizes must be positive: {self:?}"));
         }
         if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
@@ -146,7 +205,10 @@ impl ModelConfig {
             ));
         }
         if !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head_dim {} must be even for rotary embeddings", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         let positive = |x: f32| x.is_finite() && x > 0.0;
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
@@ -167,7 +229,11 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let attn = h * self.q_dim() + 2 * h * self.kv_dim() + self.q_dim() * h;
-        let bias = if self.qkv_bias { self.q_dim() + 2 * self.kv_dim() } else { 0 };
+        let bias = if self.qkv_bias {
+            self.q_dim() + 2 * self.kv_dim()
+        } else {
+            0
+        };
         let per_layer = attn + bias + 3 * h * i + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_layers * per_layer + h + head
@@ -175,11 +241,17 @@ impl ModelConfig {
 }
 
 fn parse_rope_scaling(s: &Value) -> Result<RopeScaling, String> {
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let f = |k: &str| s.get(k).and_then(Value::as_f64).map(|x| x as f32);
     match kind {
         "default" | "none" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: f("factor").ok_or("linear rope scaling without `factor`")? }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: f("factor").ok_or("linear rope scaling without `factor`")?,
+        }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: f("factor").ok_or("llama3 rope scaling without `factor`")?,
             low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
@@ -187,9 +259,12 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling, String> {
             original_max_position_embeddings: s
                 .get("original_max_position_embeddings")
                 .and_then(Value::as_u64)
-                .ok_or("llama3 rope scaling without `original_max_position_embeddings`")? as usize,
+                .ok_or("llama3 rope scaling without `original_max_position_embeddings`")?
+                as usize,
         }),
-        other => Err(format!("rope scaling type {other:?} is not supported (supported: default, linear, llama3)")),
+        other => Err(format!(
+            "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+        )),
     }
 }
 
@@ -210,7 +285,13 @@ mod tests {
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.stored_dtype, Some(DType::BF16));
         assert_eq!(c.head_dim, 4);
-        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 8192, .. }));
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::Llama3 {
+                original_max_position_embeddings: 8192,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -347,7 +347,10 @@ impl GgufFile {
 
     /// An array of strings (`None` when absent, not an array, or holding anything but strings).
     pub fn meta_str_array(&self, key: &str) -> Option<Vec<&str>> {
-        self.meta_array(key)?.iter().map(MetaValue::as_str).collect()
+        self.meta_array(key)?
+            .iter()
+            .map(MetaValue::as_str)
+            .collect()
     }
 
     /// `general.architecture`.
@@ -362,26 +365,31 @@ impl GgufFile {
     /// The raw bytes of a tensor's data.
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
         let bytes = self.bytes();
-        info.offset.checked_add(info.nbytes).and_then(|end| bytes.get(info.offset..end)).ok_or_else(|| {
-            Error::model(
-                self.path.display(),
-                format!(
-                    "tensor {} claims bytes {}..+{} but the file has {} bytes",
-                    info.name,
-                    info.offset,
-                    info.nbytes,
-                    bytes.len()
-                ),
-            )
-        })
+        info.offset
+            .checked_add(info.nbytes)
+            .and_then(|end| bytes.get(info.offset..end))
+            .ok_or_else(|| {
+                Error::model(
+                    self.path.display(),
+                    format!(
+                        "tensor {} claims bytes {}..+{} but the file has {} bytes",
+                        info.name,
+                        info.offset,
+                        info.nbytes,
+                        bytes.len()
+                    ),
+                )
+            })
     }
 
     /// A tensor's values widened to f32 (see `gguf_quant` for the types this can read).
     pub fn dequantize(&self, info: &GgufTensorInfo) -> Result<Vec<f32>> {
         let raw = self.tensor_bytes(info)?;
-        super::gguf_quant::dequantize(&info.name, info.ggml_type, raw, info.numel()).map_err(|e| match e {
-            Error::Model { message, .. } => Error::model(self.path.display(), message),
-            other => other,
+        super::gguf_quant::dequantize(&info.name, info.ggml_type, raw, info.numel()).map_err(|e| {
+            match e {
+                Error::Model { message, .. } => Error::model(self.path.display(), message),
+                other => other,
+            }
         })
     }
 }
@@ -403,7 +411,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, message: impl fmt::Display) -> Error {
-        Error::model(self.path.display(), format!("corrupt GGUF file (at byte {}): {message}", self.pos))
+        Error::model(
+            self.path.display(),
+            format!("corrupt GGUF file (at byte {}): {message}", self.pos),
+        )
     }
 
     fn remaining(&self) -> usize {
@@ -415,7 +426,12 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(n)
             .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| self.err(format!("truncated: {what} needs {n} bytes, {} are left", self.remaining())))?;
+            .ok_or_else(|| {
+                self.err(format!(
+                    "truncated: {what} needs {n} bytes, {} are left",
+                    self.remaining()
+                ))
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -445,7 +461,10 @@ impl<'a> Reader<'a> {
     fn bytes_str(&mut self, what: &str) -> Result<&'a [u8]> {
         let n = self.len(what)?;
         if n > self.remaining() {
-            return Err(self.err(format!("{what} claims {n} bytes but only {} are left", self.remaining())));
+            return Err(self.err(format!(
+                "{what} claims {n} bytes but only {} are left",
+                self.remaining()
+            )));
         }
         self.take(n, what)
     }
@@ -455,7 +474,10 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let b = self.bytes_str(what)?;
         String::from_utf8(b.to_vec()).map_err(|_| {
-            Error::model(self.path.display(), format!("corrupt GGUF file (at byte {start}): {what} is not valid UTF-8"))
+            Error::model(
+                self.path.display(),
+                format!("corrupt GGUF file (at byte {start}): {what} is not valid UTF-8"),
+            )
         })
     }
 
@@ -471,7 +493,9 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(key)?[0] {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
-                b => return Err(self.err(format!("metadata {key:?}: bool byte is {b}, not 0 or 1"))),
+                b => {
+                    return Err(self.err(format!("metadata {key:?}: bool byte is {b}, not 0 or 1")))
+                }
             },
             8 => {
                 let b = self.bytes_str(key)?;
@@ -483,11 +507,16 @@ impl<'a> Reader<'a> {
             }
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(format!("metadata {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(self.err(format!(
+                        "metadata {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                    )));
                 }
                 let elem_ty = self.u32(key)?;
-                let min = min_value_size(elem_ty)
-                    .ok_or_else(|| self.err(format!("metadata {key:?}: unknown array element type {elem_ty}")))?;
+                let min = min_value_size(elem_ty).ok_or_else(|| {
+                    self.err(format!(
+                        "metadata {key:?}: unknown array element type {elem_ty}"
+                    ))
+                })?;
                 let n = self.len(key)?;
                 if n > self.remaining() / min {
                     return Err(self.err(format!(
@@ -541,7 +570,10 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
             ))
         }
         v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-            return Err(Error::model(path.display(), "big-endian GGUF files are not supported"))
+            return Err(Error::model(
+                path.display(),
+                "big-endian GGUF files are not supported",
+            ))
         }
         v => {
             return Err(Error::model(
@@ -555,10 +587,14 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     // A key/value pair takes at least 8 (key length) + 4 (type) + 1 bytes;
     // a tensor entry at least 8 (name length) + 4 (dims) + 8 (one dim) + 4 (type) + 8 (offset).
     if n_kv > r.remaining() / 13 {
-        return Err(r.err(format!("header claims {n_kv} metadata entries, more than the file can hold")));
+        return Err(r.err(format!(
+            "header claims {n_kv} metadata entries, more than the file can hold"
+        )));
     }
     if n_tensors > r.remaining() / 32 {
-        return Err(r.err(format!("header claims {n_tensors} tensors, more than the file can hold")));
+        return Err(r.err(format!(
+            "header claims {n_tensors} tensors, more than the file can hold"
+        )));
     }
 
     let mut metadata = BTreeMap::new();
@@ -575,7 +611,12 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64().and_then(|a| usize::try_from(a).ok()) {
             Some(a) if a > 0 && a.is_power_of_two() => a,
-            _ => return Err(Error::model(path.display(), format!("general.alignment {v:?} is not a power of two"))),
+            _ => {
+                return Err(Error::model(
+                    path.display(),
+                    format!("general.alignment {v:?} is not a power of two"),
+                ))
+            }
         },
     };
 
@@ -590,7 +631,9 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         let name = r.strict_string("tensor name")?;
         let n_dims = r.u32("tensor dimension count")? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(r.err(format!("tensor {name:?} has {n_dims} dimensions (ggml allows 1 to {MAX_DIMS})")));
+            return Err(r.err(format!(
+                "tensor {name:?} has {n_dims} dimensions (ggml allows 1 to {MAX_DIMS})"
+            )));
         }
         let mut ne = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
@@ -603,7 +646,10 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         raws.push(Raw { name, ne, ty, rel });
     }
 
-    let data_offset = r.pos.checked_next_multiple_of(alignment).ok_or_else(|| r.err("data offset overflows"))?;
+    let data_offset = r
+        .pos
+        .checked_next_multiple_of(alignment)
+        .ok_or_else(|| r.err("data offset overflows"))?;
     let file_len = buf.len();
     let mut tensors = Vec::with_capacity(raws.len());
     for Raw { name, ne, ty, rel } in raws {
@@ -612,7 +658,9 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         let mut numel: usize = 1;
         for &d in ne.iter().rev() {
             let d = usize::try_from(d).map_err(|_| bad(format!("dimension {d} is too large")))?;
-            numel = numel.checked_mul(d).ok_or_else(|| bad(format!("shape {ne:?} overflows")))?;
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| bad(format!("shape {ne:?} overflows")))?;
             shape.push(d);
         }
         let row = shape.last().copied().unwrap_or(1);
@@ -627,9 +675,13 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
             .ok_or_else(|| bad(format!("shape {ne:?} overflows")))?;
         let rel = usize::try_from(rel).map_err(|_| bad(format!("offset {rel} is too large")))?;
         if !rel.is_multiple_of(alignment) {
-            return Err(bad(format!("data offset {rel} is not a multiple of the alignment {alignment}")));
+            return Err(bad(format!(
+                "data offset {rel} is not a multiple of the alignment {alignment}"
+            )));
         }
-        let offset = data_offset.checked_add(rel).ok_or_else(|| bad(format!("offset {rel} overflows")))?;
+        let offset = data_offset
+            .checked_add(rel)
+            .ok_or_else(|| bad(format!("offset {rel} overflows")))?;
         match offset.checked_add(nbytes) {
             Some(end) if end <= file_len => {}
             _ => {
@@ -639,9 +691,21 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
                 )))
             }
         }
-        tensors.push(GgufTensorInfo { name, shape, ggml_type: ty, offset, nbytes });
+        tensors.push(GgufTensorInfo {
+            name,
+            shape,
+            ggml_type: ty,
+            offset,
+            nbytes,
+        });
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 /// Builds GGUF images in memory, for tests here and in the other GGUF modules.
@@ -698,9 +762,15 @@ pub(crate) mod testutil {
     }
 
     /// A GGUF v3 image. Tensors are `(name, ne (ggml order), type, data)`.
-    pub fn build(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<u64>, GgmlType, Vec<u8>)]) -> Vec<u8> {
-        let align =
-            meta.iter().find(|(k, _)| *k == "general.alignment").and_then(|(_, v)| v.as_u64()).unwrap_or(32) as usize;
+    pub fn build(
+        meta: &[(&str, MetaValue)],
+        tensors: &[(&str, Vec<u64>, GgmlType, Vec<u8>)],
+    ) -> Vec<u8> {
+        let align = meta
+            .iter()
+            .find(|(k, _)| *k == "general.alignment")
+            .and_then(|(_, v)| v.as_u64())
+            .unwrap_or(32) as usize;
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -751,12 +821,26 @@ mod tests {
                 ("llama.rope.freq_base", MetaValue::F32(500000.0)),
                 ("x.f64", MetaValue::F64(0.25)),
                 ("x.neg", MetaValue::I32(-3)),
-                ("x.list", MetaValue::Array(vec![MetaValue::String("a".into()), MetaValue::String("b c".into())])),
-                ("x.nested", MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::U8(7)])])),
+                (
+                    "x.list",
+                    MetaValue::Array(vec![
+                        MetaValue::String("a".into()),
+                        MetaValue::String("b c".into()),
+                    ]),
+                ),
+                (
+                    "x.nested",
+                    MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::U8(7)])]),
+                ),
                 ("x.flag", MetaValue::Bool(true)),
             ],
             &[
-                ("a", vec![3, 2], GgmlType::F32, f32_bytes(&[1., 2., 3., 4., 5., 6.])),
+                (
+                    "a",
+                    vec![3, 2],
+                    GgmlType::F32,
+                    f32_bytes(&[1., 2., 3., 4., 5., 6.]),
+                ),
                 ("b", vec![4], GgmlType::F32, f32_bytes(&[7., 8., 9., 10.])),
             ],
         )
@@ -790,7 +874,10 @@ mod tests {
     fn honours_alignment() {
         let img = build(
             &[("general.alignment", MetaValue::U32(64))],
-            &[("a", vec![1], GgmlType::F32, f32_bytes(&[1.])), ("b", vec![1], GgmlType::F32, f32_bytes(&[2.]))],
+            &[
+                ("a", vec![1], GgmlType::F32, f32_bytes(&[1.])),
+                ("b", vec![1], GgmlType::F32, f32_bytes(&[2.])),
+            ],
         );
         let f = GgufFile::from_bytes("mem.gguf", img).unwrap();
         assert_eq!(f.alignment, 64);
@@ -834,7 +921,9 @@ mod tests {
         img.extend_from_slice(&0u64.to_le_bytes());
         img.extend_from_slice(&(1u64 << 60).to_le_bytes());
         img.extend_from_slice(&[0u8; 64]);
-        let e = GgufFile::from_bytes("mem.gguf", img).unwrap_err().to_string();
+        let e = GgufFile::from_bytes("mem.gguf", img)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("metadata entries"), "{e}");
 
         // An array claiming 2^60 elements.
@@ -847,7 +936,9 @@ mod tests {
         img.extend_from_slice(&8u32.to_le_bytes());
         img.extend_from_slice(&(1u64 << 60).to_le_bytes());
         img.extend_from_slice(&[0u8; 64]);
-        let e = GgufFile::from_bytes("mem.gguf", img).unwrap_err().to_string();
+        let e = GgufFile::from_bytes("mem.gguf", img)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("array claims"), "{e}");
 
         // A string claiming 2^63 bytes.
@@ -861,7 +952,9 @@ mod tests {
 
         // A tensor whose shape overflows.
         let img = build(&[], &[("t", vec![1 << 40, 1 << 40], GgmlType::F32, vec![])]);
-        let e = GgufFile::from_bytes("mem.gguf", img).unwrap_err().to_string();
+        let e = GgufFile::from_bytes("mem.gguf", img)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"t\""), "{e}");
     }
 
@@ -872,14 +965,20 @@ mod tests {
         let type_pos = 24 + 8 + 1 + 4 + 8;
         assert_eq!(&img[type_pos..type_pos + 4], &0u32.to_le_bytes());
         img[type_pos..type_pos + 4].copy_from_slice(&77u32.to_le_bytes());
-        let e = GgufFile::from_bytes("mem.gguf", img).unwrap_err().to_string();
+        let e = GgufFile::from_bytes("mem.gguf", img)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown ggml type 77"), "{e}");
 
-        let e = GgufFile::from_bytes("mem.gguf", b"GGML\x03\0\0\0".repeat(4)).unwrap_err().to_string();
+        let e = GgufFile::from_bytes("mem.gguf", b"GGML\x03\0\0\0".repeat(4))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a GGUF file"), "{e}");
         let mut img = sample();
         img[4..8].copy_from_slice(&3u32.to_be_bytes());
-        let e = GgufFile::from_bytes("mem.gguf", img).unwrap_err().to_string();
+        let e = GgufFile::from_bytes("mem.gguf", img)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("big-endian"), "{e}");
     }
 

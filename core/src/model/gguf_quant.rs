@@ -9,8 +9,14 @@ use crate::{Error, Result};
 use half::f16;
 
 /// The types `dequantize` can read.
-pub const SUPPORTED: [GgmlType; 6] =
-    [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+pub const SUPPORTED: [GgmlType; 6] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+];
 
 pub fn can_dequantize(ty: GgmlType) -> bool {
     SUPPORTED.contains(&ty)
@@ -41,7 +47,9 @@ fn check_len(name: &str, ty: GgmlType, have: usize, numel: usize) -> Result<()> 
     }
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if !numel.is_multiple_of(bs) {
-        return Err(bad(format!("tensor {name}: {numel} values are not a whole number of {ty} blocks of {bs}")));
+        return Err(bad(format!(
+            "tensor {name}: {numel} values are not a whole number of {ty} blocks of {bs}"
+        )));
     }
     let need = (numel / bs).checked_mul(ts);
     if need != Some(have) {
@@ -75,7 +83,9 @@ pub fn dequantize_into(name: &str, ty: GgmlType, raw: &[u8], out: &mut [f32]) ->
         GgmlType::Q4_0 => {
             for (blk, o) in raw.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                let qs: &[u8; 16] = blk[2..18].try_into().map_err(|_| bad(format!("tensor {name}: bad Q4_0 block")))?;
+                let qs: &[u8; 16] = blk[2..18]
+                    .try_into()
+                    .map_err(|_| bad(format!("tensor {name}: bad Q4_0 block")))?;
                 let (lo, hi) = o.split_at_mut(16);
                 for j in 0..16 {
                     lo[j] = ((qs[j] & 0x0f) as i32 - 8) as f32 * d;
@@ -87,7 +97,9 @@ pub fn dequantize_into(name: &str, ty: GgmlType, raw: &[u8], out: &mut [f32]) ->
             for (blk, o) in raw.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                 let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-                let qs: &[u8; 16] = blk[4..20].try_into().map_err(|_| bad(format!("tensor {name}: bad Q4_1 block")))?;
+                let qs: &[u8; 16] = blk[4..20]
+                    .try_into()
+                    .map_err(|_| bad(format!("tensor {name}: bad Q4_1 block")))?;
                 let (lo, hi) = o.split_at_mut(16);
                 for j in 0..16 {
                     lo[j] = (qs[j] & 0x0f) as f32 * d + m;
@@ -98,7 +110,9 @@ pub fn dequantize_into(name: &str, ty: GgmlType, raw: &[u8], out: &mut [f32]) ->
         GgmlType::Q8_0 => {
             for (blk, o) in raw.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                let qs: &[u8; 32] = blk[2..34].try_into().map_err(|_| bad(format!("tensor {name}: bad Q8_0 block")))?;
+                let qs: &[u8; 32] = blk[2..34]
+                    .try_into()
+                    .map_err(|_| bad(format!("tensor {name}: bad Q8_0 block")))?;
                 for j in 0..32 {
                     o[j] = (qs[j] as i8) as f32 * d;
                 }
@@ -106,7 +120,9 @@ pub fn dequantize_into(name: &str, ty: GgmlType, raw: &[u8], out: &mut [f32]) ->
         }
         // check_len refused every other type.
         other => {
-            return Err(bad(format!("tensor {name} has type {other}, which tessera cannot dequantize yet")));
+            return Err(bad(format!(
+                "tensor {name} has type {other}, which tessera cannot dequantize yet"
+            )));
         }
     }
     Ok(())
@@ -184,20 +200,39 @@ mod tests {
 
     #[test]
     fn plain_types() {
-        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(dequantize("t", GgmlType::F32, &raw, 2).unwrap(), vec![1.5, -2.0]);
+        let raw: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            dequantize("t", GgmlType::F32, &raw, 2).unwrap(),
+            vec![1.5, -2.0]
+        );
         let raw: Vec<u8> = [h(1.5), h(-0.25)].concat();
-        assert_eq!(dequantize("t", GgmlType::F16, &raw, 2).unwrap(), vec![1.5, -0.25]);
-        let raw: Vec<u8> =
-            [half::bf16::from_f32(3.0), half::bf16::from_f32(-0.5)].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(dequantize("t", GgmlType::BF16, &raw, 2).unwrap(), vec![3.0, -0.5]);
+        assert_eq!(
+            dequantize("t", GgmlType::F16, &raw, 2).unwrap(),
+            vec![1.5, -0.25]
+        );
+        let raw: Vec<u8> = [half::bf16::from_f32(3.0), half::bf16::from_f32(-0.5)]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            dequantize("t", GgmlType::BF16, &raw, 2).unwrap(),
+            vec![3.0, -0.5]
+        );
     }
 
     #[test]
     fn truncated_or_oversized_data_is_an_error() {
         let blk = [0u8; 20];
-        let e = dequantize("blk.0.attn_q.weight", GgmlType::Q4_1, &blk[..19], 32).unwrap_err().to_string();
-        assert!(e.contains("blk.0.attn_q.weight") && e.contains("truncated"), "{e}");
+        let e = dequantize("blk.0.attn_q.weight", GgmlType::Q4_1, &blk[..19], 32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("blk.0.attn_q.weight") && e.contains("truncated"),
+            "{e}"
+        );
         assert!(dequantize("t", GgmlType::Q4_1, &blk, 64).is_err());
         assert!(dequantize("t", GgmlType::Q4_1, &blk, 31).is_err());
         assert!(dequantize("t", GgmlType::Q8_0, &[0u8; 35], 32).is_err());
@@ -209,7 +244,9 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_named() {
-        let e = dequantize("blk.3.ffn_down.weight", GgmlType::Q5_K, &[0u8; 176], 256).unwrap_err().to_string();
+        let e = dequantize("blk.3.ffn_down.weight", GgmlType::Q5_K, &[0u8; 176], 256)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(
                 "tensor blk.3.ffn_down.weight has type Q5_K, which tessera cannot dequantize yet \

@@ -20,8 +20,7 @@ mod token_type {
 }
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `tokenizer.ggml.pre` values this module knows, for messages.
 const KNOWN_PRE: &str =
@@ -43,16 +42,19 @@ pub fn add_bos_from_gguf(file: &GgufFile) -> bool {
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let json = tokenizer_json_from_gguf(file)?;
     json.parse::<tokenizers::Tokenizer>().map_err(|e| {
-        Error::model(file.path.display(), format!("the tokenizer rebuilt from GGUF metadata does not load: {e}"))
+        Error::model(
+            file.path.display(),
+            format!("the tokenizer rebuilt from GGUF metadata does not load: {e}"),
+        )
     })
 }
 
 /// A `tokenizer.json` document equivalent to the GGUF file's tokenizer.
 pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<String> {
     let bad = |m: String| Error::model(file.path.display(), m);
-    let model = file
-        .meta_str("tokenizer.ggml.model")
-        .ok_or_else(|| bad("GGUF metadata has no tokenizer.ggml.model; the file carries no tokenizer".into()))?;
+    let model = file.meta_str("tokenizer.ggml.model").ok_or_else(|| {
+        bad("GGUF metadata has no tokenizer.ggml.model; the file carries no tokenizer".into())
+    })?;
     let tokens = file
         .meta_str_array("tokenizer.ggml.tokens")
         .ok_or_else(|| bad("GGUF metadata has no tokenizer.ggml.tokens array of strings".into()))?;
@@ -117,7 +119,8 @@ pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<String> {
             )))
         }
     };
-    serde_json::to_string(&doc).map_err(|e| bad(format!("cannot serialize the rebuilt tokenizer: {e}")))
+    serde_json::to_string(&doc)
+        .map_err(|e| bad(format!("cannot serialize the rebuilt tokenizer: {e}")))
 }
 
 fn byte_level(use_regex: bool) -> Value {
@@ -162,17 +165,32 @@ fn gpt2_tokenizer(
 
     let merge_list = file
         .meta_str_array("tokenizer.ggml.merges")
-        .ok_or_else(|| bad("a gpt2 GGUF tokenizer needs tokenizer.ggml.merges, an array of strings".into()))?;
+        .ok_or_else(|| {
+            bad("a gpt2 GGUF tokenizer needs tokenizer.ggml.merges, an array of strings".into())
+        })?;
     let mut merges = Vec::with_capacity(merge_list.len());
     for (i, m) in merge_list.iter().enumerate() {
         // As llama.cpp splits them: at the first space that is not the first character.
-        let cut = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(p, _)| p);
+        let cut = m
+            .char_indices()
+            .skip(1)
+            .find(|&(_, c)| c == ' ')
+            .map(|(p, _)| p);
         let (a, b) = match cut {
             Some(p) => (&m[..p], &m[p + 1..]),
-            None => return Err(bad(format!("merge {i} ({m:?}) is not two tokens separated by a space"))),
+            None => {
+                return Err(bad(format!(
+                    "merge {i} ({m:?}) is not two tokens separated by a space"
+                )))
+            }
         };
-        if !ids.contains_key(a) || !ids.contains_key(b) || !ids.contains_key(format!("{a}{b}").as_str()) {
-            return Err(bad(format!("merge {i} ({m:?}) names a token that is not in the vocabulary")));
+        if !ids.contains_key(a)
+            || !ids.contains_key(b)
+            || !ids.contains_key(format!("{a}{b}").as_str())
+        {
+            return Err(bad(format!(
+                "merge {i} ({m:?}) names a token that is not in the vocabulary"
+            )));
         }
         merges.push(json!([a, b]));
     }
@@ -209,8 +227,17 @@ fn spm_tokenizer(
             .map(|v| v.as_f64().map(|x| x as f32))
             .collect::<Option<Vec<f32>>>()
             .filter(|s| s.len() == tokens.len())
-            .ok_or_else(|| bad(format!("tokenizer.ggml.scores is not an array of {} floats", tokens.len())))?,
-        None => return Err(bad("a SentencePiece (llama) GGUF tokenizer needs tokenizer.ggml.scores".into())),
+            .ok_or_else(|| {
+                bad(format!(
+                    "tokenizer.ggml.scores is not an array of {} floats",
+                    tokens.len()
+                ))
+            })?,
+        None => {
+            return Err(bad(
+                "a SentencePiece (llama) GGUF tokenizer needs tokenizer.ggml.scores".into(),
+            ))
+        }
     };
 
     // transformers' `generate_merges`: every split of every piece into two pieces
@@ -235,11 +262,15 @@ fn spm_tokenizer(
     }
     // A stable sort, descending (NaN scores last).
     merges.sort_by(|a, b| {
-        let score = b.0.partial_cmp(&a.0).unwrap_or_else(|| a.0.is_nan().cmp(&b.0.is_nan()));
+        let score =
+            b.0.partial_cmp(&a.0)
+                .unwrap_or_else(|| a.0.is_nan().cmp(&b.0.is_nan()));
         score.then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
     });
-    let merges: Vec<Value> =
-        merges.iter().map(|&(_, _, _, l, r)| json!([tokens[l as usize], tokens[r as usize]])).collect();
+    let merges: Vec<Value> = merges
+        .iter()
+        .map(|&(_, _, _, l, r)| json!([tokens[l as usize], tokens[r as usize]]))
+        .collect();
 
     let unk = file
         .meta_u64("tokenizer.ggml.unknown_token_id")
@@ -247,7 +278,9 @@ fn spm_tokenizer(
         .filter(|&i| i < tokens.len())
         .or_else(|| types.iter().position(|&t| t == token_type::UNKNOWN))
         .map(|i| tokens[i]);
-    let add_space_prefix = file.meta_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let add_space_prefix = file
+        .meta_bool("tokenizer.ggml.add_space_prefix")
+        .unwrap_or(true);
     let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
     let normalizer = if add_space_prefix {
         json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
@@ -299,15 +332,26 @@ mod tests {
 
     fn gpt2_file(pre: &str) -> GgufFile {
         // Byte-level: space is "Ġ".
-        let tokens = ["<|eos|>", "<|user|>", "a", "b", "c", "1", "2", "Ġ", "ab", "Ġab", "abc", "12"];
+        let tokens = [
+            "<|eos|>", "<|user|>", "a", "b", "c", "1", "2", "Ġ", "ab", "Ġab", "abc", "12",
+        ];
         let types = [3, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
         let meta = [
             ("tokenizer.ggml.model", MetaValue::String("gpt2".into())),
             ("tokenizer.ggml.pre", MetaValue::String(pre.into())),
             ("tokenizer.ggml.tokens", strs(&tokens)),
-            ("tokenizer.ggml.token_type", MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect())),
-            ("tokenizer.ggml.merges", strs(&["a b", "Ġ ab", "ab c", "1 2"])),
-            ("tokenizer.chat_template", MetaValue::String("{{ x }}".into())),
+            (
+                "tokenizer.ggml.token_type",
+                MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges",
+                strs(&["a b", "Ġ ab", "ab c", "1 2"]),
+            ),
+            (
+                "tokenizer.chat_template",
+                MetaValue::String("{{ x }}".into()),
+            ),
         ];
         GgufFile::from_bytes("tok.gguf", build(&meta, &[])).unwrap()
     }
@@ -327,7 +371,9 @@ mod tests {
         assert_eq!(ids(&tok(&gpt2_file("smollm")), "12"), vec![5, 6]);
         // llama3 keeps up to three digits together.
         assert_eq!(ids(&tok(&gpt2_file("llama-bpe")), "12 ab"), vec![11, 9]);
-        let e = tokenizer_json_from_gguf(&gpt2_file("mystery")).unwrap_err().to_string();
+        let e = tokenizer_json_from_gguf(&gpt2_file("mystery"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mystery"), "{e}");
     }
 
@@ -341,10 +387,15 @@ mod tests {
         let f = GgufFile::from_bytes("tok.gguf", build(&meta, &[])).unwrap();
         let e = tokenizer_json_from_gguf(&f).unwrap_err().to_string();
         assert!(e.contains("merge 0"), "{e}");
-        let meta =
-            [("tokenizer.ggml.model", MetaValue::String("bert".into())), ("tokenizer.ggml.tokens", strs(&["a"]))];
+        let meta = [
+            ("tokenizer.ggml.model", MetaValue::String("bert".into())),
+            ("tokenizer.ggml.tokens", strs(&["a"])),
+        ];
         let f = GgufFile::from_bytes("tok.gguf", build(&meta, &[])).unwrap();
-        assert!(tokenizer_json_from_gguf(&f).unwrap_err().to_string().contains("bert"));
+        assert!(tokenizer_json_from_gguf(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("bert"));
     }
 
     #[test]
@@ -365,8 +416,14 @@ mod tests {
         let meta = [
             ("tokenizer.ggml.model", MetaValue::String("llama".into())),
             ("tokenizer.ggml.tokens", strs(&refs)),
-            ("tokenizer.ggml.token_type", MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect())),
-            ("tokenizer.ggml.scores", MetaValue::Array(scores.iter().map(|&s| MetaValue::F32(s)).collect())),
+            (
+                "tokenizer.ggml.token_type",
+                MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.scores",
+                MetaValue::Array(scores.iter().map(|&s| MetaValue::F32(s)).collect()),
+            ),
             ("tokenizer.ggml.unknown_token_id", MetaValue::U32(0)),
         ];
         let f = GgufFile::from_bytes("spm.gguf", build(&meta, &[])).unwrap();
@@ -377,15 +434,22 @@ mod tests {
         // "x" is not a piece: it falls back to its byte <0x78>.
         assert_eq!(ids(&t, "hello x"), vec![hello, base as u32, 3 + 0x78]);
         assert_eq!(ids(&t, "<s>hello"), vec![1, hello]);
-        assert_eq!(t.decode(&[hello, base as u32, 3 + 0x78], false).unwrap(), "hello x");
+        assert_eq!(
+            t.decode(&[hello, base as u32, 3 + 0x78], false).unwrap(),
+            "hello x"
+        );
     }
 
     /// The default model, when it is on disk: `TESSERA_DEFAULT_MODEL` or the cache path.
     fn default_model() -> Option<GgufFile> {
-        let p = std::env::var_os("TESSERA_DEFAULT_MODEL").map(std::path::PathBuf::from).or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        })?;
+        let p = std::env::var_os("TESSERA_DEFAULT_MODEL")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| {
+                    std::path::PathBuf::from(h)
+                        .join(".cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                })
+            })?;
         if !p.is_file() {
             eprintln!("skipping: default model {} is not on disk", p.display());
             return None;
@@ -411,7 +475,10 @@ mod tests {
         let q = t.encode("What is 12345?", false).unwrap();
         let toks = q.get_tokens();
         for d in ["1", "2", "3", "4", "5"] {
-            assert!(toks.iter().any(|x| x == d), "digit {d} is not a token of its own: {toks:?}");
+            assert!(
+                toks.iter().any(|x| x == d),
+                "digit {d} is not a token of its own: {toks:?}"
+            );
         }
         assert!(toks.iter().all(|x| !x.contains("12")), "{toks:?}");
         assert_eq!(t.decode(q.get_ids(), false).unwrap(), "What is 12345?");

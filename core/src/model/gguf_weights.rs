@@ -30,7 +30,10 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (idx, suffix) = rest.split_once('.')?;
-    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
+    if idx.is_empty()
+        || !idx.bytes().all(|b| b.is_ascii_digit())
+        || (idx.len() > 1 && idx.starts_with('0'))
+    {
         return None;
     }
     let (module, kind) = suffix.rsplit_once('.')?;
@@ -68,20 +71,29 @@ impl GgufWeights {
 
     pub fn new(file: GgufFile) -> Result<Self> {
         let bad = |m: String| Error::model(file.path.display(), m);
-        let arch =
-            file.architecture().ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?.to_string();
+        let arch = file
+            .architecture()
+            .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?
+            .to_string();
         let (n_head, n_head_kv) = if qk_permuted(&arch) {
             let h = meta_usize(&file, &format!("{arch}.attention.head_count"))?
                 .ok_or_else(|| bad(format!("GGUF metadata has no {arch}.attention.head_count")))?;
             let kv = meta_usize(&file, &format!("{arch}.attention.head_count_kv"))?.unwrap_or(h);
             if h == 0 || kv == 0 {
-                return Err(bad(format!("head counts must be positive (heads {h}, kv heads {kv})")));
+                return Err(bad(format!(
+                    "head counts must be positive (heads {h}, kv heads {kv})"
+                )));
             }
             (h, kv)
         } else {
             (0, 0)
         };
-        Ok(GgufWeights { permute_qk: qk_permuted(&arch), file, n_head, n_head_kv })
+        Ok(GgufWeights {
+            permute_qk: qk_permuted(&arch),
+            file,
+            n_head,
+            n_head_kv,
+        })
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -99,7 +111,8 @@ impl GgufWeights {
 
     /// Loads tensor `hf` (HF name) as f32 in HF layout.
     pub fn load_f32(&self, hf: &str) -> Result<HostTensor> {
-        let gname = gguf_name(hf).ok_or_else(|| self.err(format!("no GGUF tensor corresponds to {hf}")))?;
+        let gname =
+            gguf_name(hf).ok_or_else(|| self.err(format!("no GGUF tensor corresponds to {hf}")))?;
         let info = self
             .file
             .tensor(&gname)
@@ -115,7 +128,8 @@ impl GgufWeights {
                 None
             };
             if let Some(n_head) = heads {
-                data = unpermute_rows(&data, &shape, n_head).map_err(|m| self.err(format!("tensor {gname}: {m}")))?;
+                data = unpermute_rows(&data, &shape, n_head)
+                    .map_err(|m| self.err(format!("tensor {gname}: {m}")))?;
             }
         }
         Ok(HostTensor::f32(shape, data))
@@ -141,11 +155,18 @@ impl WeightSource for GgufWeights {
         let t = self.load_f32(name)?;
         // Narrow in one pass (the same round-to-nearest-even as `HostTensor::to_dtype`).
         let data = match (&t.data, dtype) {
-            (HostData::F32(v), DType::BF16) => HostData::BF16(v.iter().map(|&x| half::bf16::from_f32(x)).collect()),
-            (HostData::F32(v), DType::F16) => HostData::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect()),
+            (HostData::F32(v), DType::BF16) => {
+                HostData::BF16(v.iter().map(|&x| half::bf16::from_f32(x)).collect())
+            }
+            (HostData::F32(v), DType::F16) => {
+                HostData::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect())
+            }
             _ => return t.to_dtype(dtype),
         };
-        Ok(HostTensor { shape: t.shape, data })
+        Ok(HostTensor {
+            shape: t.shape,
+            data,
+        })
     }
 }
 
@@ -153,35 +174,27 @@ impl WeightSource for GgufWeights {
 /// `w.reshape(n_head, 2, hd/2, *rest).swapaxes(1, 2).reshape(w.shape)`,
 /// which sends HF row `h*hd + s*hd/2 + j` to GGUF row `h*hd + 2*j + s`.
 pub fn unpermute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Result<Vec<f32>, String> {
-    let rows = *shape.first().ok_or("tensor has no dimensions")?;
-    let cols: usize = shape[1..].iter().product();
-    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
-        return Err(format!("{rows} rows do not split into {n_head} heads of an even size"));
-    }
-    if rows.checked_mul(cols) != Some(data.len()) {
-        return Err(format!("{} values do not fill shape {shape:?}", data.len()));
-    }
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for s in 0..2 {
-            for j in 0..half {
-                let dst = (h * hd + s * half + j) * cols;
-                let src = (h * hd + 2 * j + s) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
-            }
-        }
-    }
-    Ok(out)
+    move_rows(data, shape, n_head, false)
 }
 
 /// The inverse of `unpermute_rows`: what llama.cpp's converter does.
 pub fn permute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Result<Vec<f32>, String> {
+    move_rows(data, shape, n_head, true)
+}
+
+/// Moves each head's rows between the HF order (halves) and llama.cpp's (pairs).
+fn move_rows(
+    data: &[f32],
+    shape: &[usize],
+    n_head: usize,
+    to_gguf: bool,
+) -> Result<Vec<f32>, String> {
     let rows = *shape.first().ok_or("tensor has no dimensions")?;
     let cols: usize = shape[1..].iter().product();
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
-        return Err(format!("{rows} rows do not split into {n_head} heads of an even size"));
+        return Err(format!(
+            "{rows} rows do not split into {n_head} heads of an even size"
+        ));
     }
     if rows.checked_mul(cols) != Some(data.len()) {
         return Err(format!("{} values do not fill shape {shape:?}", data.len()));
@@ -192,8 +205,9 @@ pub fn permute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Result<Vec<
     for h in 0..n_head {
         for s in 0..2 {
             for j in 0..half {
-                let src = (h * hd + s * half + j) * cols;
-                let dst = (h * hd + 2 * j + s) * cols;
+                let hf = (h * hd + s * half + j) * cols;
+                let gguf = (h * hd + 2 * j + s) * cols;
+                let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
                 out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
             }
         }
@@ -205,19 +219,28 @@ pub fn permute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Result<Vec<
 fn meta_usize(file: &GgufFile, key: &str) -> Result<Option<usize>> {
     match file.meta(key) {
         None => Ok(None),
-        Some(v) => v.as_u64().and_then(|x| usize::try_from(x).ok()).map(Some).ok_or_else(|| {
-            Error::model(file.path.display(), format!("metadata {key} is {v:?}, not a non-negative integer"))
-        }),
+        Some(v) => v
+            .as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::model(
+                    file.path.display(),
+                    format!("metadata {key} is {v:?}, not a non-negative integer"),
+                )
+            }),
     }
 }
 
 fn meta_f32(file: &GgufFile, key: &str) -> Result<Option<f32>> {
     match file.meta(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(|x| Some(x as f32))
-            .ok_or_else(|| Error::model(file.path.display(), format!("metadata {key} is {v:?}, not a float"))),
+        Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
+            Error::model(
+                file.path.display(),
+                format!("metadata {key} is {v:?}, not a float"),
+            )
+        }),
     }
 }
 
@@ -225,7 +248,10 @@ fn meta_u32(file: &GgufFile, key: &str) -> Result<Option<u32>> {
     match meta_usize(file, key)? {
         None => Ok(None),
         Some(x) => u32::try_from(x).map(Some).map_err(|_| {
-            Error::model(file.path.display(), format!("metadata {key} = {x} is too large for a token id"))
+            Error::model(
+                file.path.display(),
+                format!("metadata {key} = {x} is too large for a token id"),
+            )
         }),
     }
 }
@@ -233,7 +259,9 @@ fn meta_u32(file: &GgufFile, key: &str) -> Result<Option<u32>> {
 /// The `ModelConfig` of a GGUF file, from its metadata and tensor table.
 pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     let bad = |m: String| Error::model(file.path.display(), m);
-    let arch = file.architecture().ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?;
+    let arch = file
+        .architecture()
+        .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?;
     if !SUPPORTED_ARCHITECTURES.contains(&arch) {
         return Err(bad(format!(
             "GGUF architecture {arch:?} is not supported (tessera runs {} GGUF files)",
@@ -254,12 +282,16 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         Some(d) => d,
         None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
         None => {
-            return Err(bad(format!("embedding_length {hidden_size} is not a multiple of head_count {num_heads}")));
+            return Err(bad(format!(
+                "embedding_length {hidden_size} is not a multiple of head_count {num_heads}"
+            )));
         }
     };
     if let Some(v) = meta_usize(file, &key("attention.value_length"))? {
         if v != head_dim {
-            return Err(bad(format!("value_length {v} differs from key_length {head_dim}; tessera needs them equal")));
+            return Err(bad(format!(
+                "value_length {v} differs from key_length {head_dim}; tessera needs them equal"
+            )));
         }
     }
     if let Some(r) = meta_usize(file, &key("rope.dimension_count"))? {
@@ -269,8 +301,13 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
             )));
         }
     }
-    let rms_norm_eps = meta_f32(file, &key("attention.layer_norm_rms_epsilon"))?
-        .ok_or_else(|| bad(format!("GGUF metadata has no {}", key("attention.layer_norm_rms_epsilon"))))?;
+    let rms_norm_eps =
+        meta_f32(file, &key("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| {
+            bad(format!(
+                "GGUF metadata has no {}",
+                key("attention.layer_norm_rms_epsilon")
+            ))
+        })?;
     let rope_theta = meta_f32(file, &key("rope.freq_base"))?.unwrap_or(10000.0);
     let max_position_embeddings = meta_usize(file, &key("context_length"))?.unwrap_or(4096);
 
@@ -280,17 +317,25 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
             _ => RopeScaling::None,
         },
         Some("linear") => {
-            let factor = meta_f32(file, &key("rope.scaling.factor"))?
-                .ok_or_else(|| bad(format!("linear rope scaling without {}", key("rope.scaling.factor"))))?;
+            let factor = meta_f32(file, &key("rope.scaling.factor"))?.ok_or_else(|| {
+                bad(format!(
+                    "linear rope scaling without {}",
+                    key("rope.scaling.factor")
+                ))
+            })?;
             RopeScaling::Linear { factor }
         }
         Some(other) => {
-            return Err(bad(format!("rope scaling type {other:?} is not supported (supported: none, linear)")));
+            return Err(bad(format!(
+                "rope scaling type {other:?} is not supported (supported: none, linear)"
+            )));
         }
     };
     if let Some(info) = file.tensor("rope_freqs.weight") {
         if rope_scaling != RopeScaling::None {
-            return Err(bad("both rope_freqs.weight and a rope.scaling type; cannot tell which applies".into()));
+            return Err(bad(
+                "both rope_freqs.weight and a rope.scaling type; cannot tell which applies".into(),
+            ));
         }
         let factors = file.dequantize(info)?;
         rope_scaling = llama3_from_rope_freqs(&factors, rope_theta, head_dim).map_err(bad)?;
@@ -299,12 +344,17 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     let vocab_size = if let Some(t) = file.tensor("token_embd.weight") {
         match t.shape.as_slice() {
             [v, h] if *h == hidden_size => *v,
-            s => return Err(bad(format!("token_embd.weight has shape {s:?}, expected [vocab, {hidden_size}]"))),
+            s => {
+                return Err(bad(format!(
+                    "token_embd.weight has shape {s:?}, expected [vocab, {hidden_size}]"
+                )))
+            }
         }
     } else if let Some(toks) = file.meta_array("tokenizer.ggml.tokens") {
         toks.len()
     } else {
-        meta_usize(file, &key("vocab_size"))?.ok_or_else(|| bad("cannot tell the vocabulary size".into()))?
+        meta_usize(file, &key("vocab_size"))?
+            .ok_or_else(|| bad("cannot tell the vocabulary size".into()))?
     };
 
     let mut eos_token_ids = vec![];
@@ -349,9 +399,17 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
 /// are recovered by finding the (factor, low/high frequency factors, original
 /// context) among the values Meta's and others' models use that reproduce the
 /// stored divisors; anything else is refused rather than guessed.
-fn llama3_from_rope_freqs(factors: &[f32], theta: f32, head_dim: usize) -> Result<RopeScaling, String> {
+fn llama3_from_rope_freqs(
+    factors: &[f32],
+    theta: f32,
+    head_dim: usize,
+) -> Result<RopeScaling, String> {
     if factors.len() != head_dim / 2 {
-        return Err(format!("rope_freqs.weight has {} values, expected head_dim/2 = {}", factors.len(), head_dim / 2));
+        return Err(format!(
+            "rope_freqs.weight has {} values, expected head_dim/2 = {}",
+            factors.len(),
+            head_dim / 2
+        ));
     }
     if factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
         return Err("rope_freqs.weight holds non-positive or non-finite values".into());
@@ -381,7 +439,10 @@ fn llama3_from_rope_freqs(factors: &[f32], theta: f32, head_dim: usize) -> Resul
     for orig in [8192.0, 4096.0, 2048.0, 16384.0, 32768.0, 65536.0, 131072.0] {
         for (low, high) in [(1.0, 4.0), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0), (0.5, 4.0)] {
             let e = expected(low, high, orig);
-            let fits = e.iter().zip(factors).all(|(&e, &f)| ((f as f64) - e).abs() <= 1e-3 * e.max(1.0));
+            let fits = e
+                .iter()
+                .zip(factors)
+                .all(|(&e, &f)| ((f as f64) - e).abs() <= 1e-3 * e.max(1.0));
             if fits {
                 return Ok(RopeScaling::Llama3 {
                     factor: factor as f32,
@@ -392,9 +453,11 @@ fn llama3_from_rope_freqs(factors: &[f32], theta: f32, head_dim: usize) -> Resul
             }
         }
     }
-    Err("rope_freqs.weight does not match Llama 3 rope scaling with any usual parameters; \
+    Err(
+        "rope_freqs.weight does not match Llama 3 rope scaling with any usual parameters; \
          this GGUF rope scaling is not supported yet"
-        .into())
+            .into(),
+    )
 }
 
 #[cfg(test)]
@@ -409,11 +472,26 @@ mod tests {
 
     #[test]
     fn maps_names() {
-        assert_eq!(gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
-        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
-        assert_eq!(gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(), Some("blk.12.attn_output.weight"));
-        assert_eq!(gguf_name("model.layers.0.self_attn.k_proj.bias").as_deref(), Some("blk.0.attn_k.bias"));
-        assert_eq!(gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(), Some("blk.3.ffn_down.weight"));
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(),
+            Some("blk.12.attn_output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.k_proj.bias").as_deref(),
+            Some("blk.0.attn_k.bias")
+        );
+        assert_eq!(
+            gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(),
+            Some("blk.3.ffn_down.weight")
+        );
         assert_eq!(
             gguf_name("model.layers.3.post_attention_layernorm.weight").as_deref(),
             Some("blk.3.ffn_norm.weight")
@@ -428,14 +506,19 @@ mod tests {
     fn unpermute_inverts_the_converter() {
         // n_head 2, head_dim 4, 3 columns: HF rows 0..8 hold values row*10 + col.
         let shape = [8usize, 3];
-        let hf: Vec<f32> = (0..8).flat_map(|r| (0..3).map(move |c| (r * 10 + c) as f32)).collect();
+        let hf: Vec<f32> = (0..8)
+            .flat_map(|r| (0..3).map(move |c| (r * 10 + c) as f32))
+            .collect();
         let g = permute_rows(&hf, &shape, 2).unwrap();
         // Within a head, GGUF order is rows [0, 2, 1, 3] of HF (pairs (j, j + hd/2) interleaved).
         let rows: Vec<f32> = g.chunks(3).map(|r| r[0] / 10.0).collect();
         assert_eq!(rows, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
         assert_eq!(unpermute_rows(&g, &shape, 2).unwrap(), hf);
         let b: Vec<f32> = (0..12).map(|x| x as f32).collect();
-        assert_eq!(unpermute_rows(&permute_rows(&b, &[12], 2).unwrap(), &[12], 2).unwrap(), b);
+        assert_eq!(
+            unpermute_rows(&permute_rows(&b, &[12], 2).unwrap(), &[12], 2).unwrap(),
+            b
+        );
         assert!(unpermute_rows(&b, &[12], 5).is_err());
         assert!(unpermute_rows(&b, &[12], 4).is_err()); // odd head_dim 3
     }
@@ -468,13 +551,38 @@ mod tests {
         let q: Vec<f32> = (0..64).map(|x| x as f32).collect();
         let kk: Vec<f32> = (0..32).map(|x| x as f32).collect();
         let mut tensors = vec![
-            ("token_embd.weight", vec![8, 10], GgmlType::F32, f32_bytes(&[0.5; 80])),
-            ("blk.0.attn_q.weight", vec![8, 8], GgmlType::F32, f32_bytes(&q)),
-            ("blk.0.attn_k.weight", vec![8, 4], GgmlType::F32, f32_bytes(&kk)),
-            ("blk.0.attn_q.bias", vec![8], GgmlType::F32, f32_bytes(&q[..8])),
+            (
+                "token_embd.weight",
+                vec![8, 10],
+                GgmlType::F32,
+                f32_bytes(&[0.5; 80]),
+            ),
+            (
+                "blk.0.attn_q.weight",
+                vec![8, 8],
+                GgmlType::F32,
+                f32_bytes(&q),
+            ),
+            (
+                "blk.0.attn_k.weight",
+                vec![8, 4],
+                GgmlType::F32,
+                f32_bytes(&kk),
+            ),
+            (
+                "blk.0.attn_q.bias",
+                vec![8],
+                GgmlType::F32,
+                f32_bytes(&q[..8]),
+            ),
         ];
         if extra_tensors {
-            tensors.push(("output.weight", vec![8, 10], GgmlType::F32, f32_bytes(&[1.0; 80])));
+            tensors.push((
+                "output.weight",
+                vec![8, 10],
+                GgmlType::F32,
+                f32_bytes(&[1.0; 80]),
+            ));
         }
         GgufFile::from_bytes("tiny.gguf", build(&meta, &tensors)).unwrap()
     }
@@ -482,8 +590,14 @@ mod tests {
     #[test]
     fn config_from_metadata() {
         let c = config_from_gguf(&tiny("llama", false)).unwrap();
-        assert_eq!((c.num_layers, c.hidden_size, c.intermediate_size), (1, 8, 16));
-        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size), (2, 1, 4, 10));
+        assert_eq!(
+            (c.num_layers, c.hidden_size, c.intermediate_size),
+            (1, 8, 16)
+        );
+        assert_eq!(
+            (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size),
+            (2, 1, 4, 10)
+        );
         assert_eq!(c.rope_theta, 10000.0);
         assert_eq!(c.max_position_embeddings, 2048);
         assert!(c.tie_word_embeddings && c.qkv_bias);
@@ -492,7 +606,9 @@ mod tests {
         assert_eq!(c.rope_scaling, RopeScaling::None);
         let c = config_from_gguf(&tiny("qwen2", true)).unwrap();
         assert!(!c.tie_word_embeddings);
-        let e = config_from_gguf(&tiny("gemma", true)).unwrap_err().to_string();
+        let e = config_from_gguf(&tiny("gemma", true))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gemma"), "{e}");
     }
 
@@ -504,22 +620,30 @@ mod tests {
         assert!(!w.contains("model.layers.0.self_attn.v_proj.weight"));
         let e = w.load_f32("model.embed_tokens.weight").unwrap();
         assert_eq!(e.shape, vec![10, 8]);
-        let q = w.load_f32("model.layers.0.self_attn.q_proj.weight").unwrap();
+        let q = w
+            .load_f32("model.layers.0.self_attn.q_proj.weight")
+            .unwrap();
         assert_eq!(q.shape, vec![8, 8]);
         let raw: Vec<f32> = (0..64).map(|x| x as f32).collect();
         assert_eq!(q.to_f32_vec(), unpermute_rows(&raw, &[8, 8], 2).unwrap());
-        let k = w.load_f32("model.layers.0.self_attn.k_proj.weight").unwrap();
+        let k = w
+            .load_f32("model.layers.0.self_attn.k_proj.weight")
+            .unwrap();
         assert_eq!(k.shape, vec![4, 8]);
         let rows: Vec<f32> = k.to_f32_vec().chunks(8).map(|r| r[0] / 8.0).collect();
         assert_eq!(rows, vec![0., 2., 1., 3.]); // one kv head of 4 rows
-        let b = w.load("model.layers.0.self_attn.q_proj.bias", DType::BF16).unwrap();
+        let b = w
+            .load("model.layers.0.self_attn.q_proj.bias", DType::BF16)
+            .unwrap();
         assert_eq!(b.dtype(), DType::BF16);
         assert_eq!(b.to_f32_vec(), unpermute_rows(&raw[..8], &[8], 2).unwrap());
         assert!(w.load("lm_head.weight", DType::F32).is_err());
 
         let w = GgufWeights::new(tiny("qwen2", true)).unwrap();
         assert!(w.contains("lm_head.weight"));
-        let q = w.load_f32("model.layers.0.self_attn.q_proj.weight").unwrap();
+        let q = w
+            .load_f32("model.layers.0.self_attn.q_proj.weight")
+            .unwrap();
         assert_eq!(q.to_f32_vec(), raw);
     }
 
@@ -558,10 +682,14 @@ mod tests {
 
     /// The default model, when it is on disk: `TESSERA_DEFAULT_MODEL` or the cache path.
     fn default_model() -> Option<std::path::PathBuf> {
-        let p = std::env::var_os("TESSERA_DEFAULT_MODEL").map(std::path::PathBuf::from).or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        })?;
+        let p = std::env::var_os("TESSERA_DEFAULT_MODEL")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| {
+                    std::path::PathBuf::from(h)
+                        .join(".cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                })
+            })?;
         if p.is_file() {
             Some(p)
         } else {
@@ -576,7 +704,10 @@ mod tests {
         let w = GgufWeights::open(&path).unwrap();
         let c = w.config().unwrap();
         assert_eq!(c.architecture, "llama");
-        assert_eq!((c.num_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
+        assert_eq!(
+            (c.num_layers, c.hidden_size, c.intermediate_size),
+            (30, 576, 1536)
+        );
         assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (9, 3, 64));
         assert_eq!(c.vocab_size, 49152);
         assert!(c.tie_word_embeddings && !c.qkv_bias);
@@ -588,8 +719,10 @@ mod tests {
         assert_eq!(c.eos_token_ids, vec![2]);
 
         let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let mut names: Vec<(String, Vec<usize>)> =
-            vec![("model.embed_tokens.weight".into(), vec![c.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
+        let mut names: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![c.vocab_size, h]),
+            ("model.norm.weight".into(), vec![h]),
+        ];
         for l in 0..c.num_layers {
             let n = |s: &str| format!("model.layers.{l}.{s}");
             names.extend([
@@ -604,7 +737,11 @@ mod tests {
                 (n("mlp.down_proj.weight"), vec![h, i]),
             ]);
         }
-        assert_eq!(names.len(), w.file().tensors.len(), "every GGUF tensor has an HF name");
+        assert_eq!(
+            names.len(),
+            w.file().tensors.len(),
+            "every GGUF tensor has an HF name"
+        );
         let t0 = std::time::Instant::now();
         let mut total = 0usize;
         for (n, shape) in &names {
@@ -619,7 +756,9 @@ mod tests {
         eprintln!("dequantized {total} weights in {:?}", t0.elapsed());
         assert_eq!(total, c.num_params());
         assert!(!w.contains("lm_head.weight"));
-        let bf = w.load("model.layers.0.mlp.up_proj.weight", DType::BF16).unwrap();
+        let bf = w
+            .load("model.layers.0.mlp.up_proj.weight", DType::BF16)
+            .unwrap();
         assert_eq!(bf.dtype(), DType::BF16);
     }
 }

@@ -31,7 +31,10 @@ impl HfWeights {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::model(dir.display(), "no *.safetensors files in the folder"));
+            return Err(Error::model(
+                dir.display(),
+                "no *.safetensors files in the folder",
+            ));
         }
         let mut shards = Vec::new();
         let mut index = HashMap::new();
@@ -41,20 +44,29 @@ impl HfWeights {
             // A file truncated by another process while mapped is outside what any
             // mmap-based loader (safetensors, llama.cpp) can guard against.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| Error::model(path.display(), format!("not a valid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                Error::model(path.display(), format!("not a valid safetensors file: {e}"))
+            })?;
             for name in st.names() {
                 index.insert(name.to_string(), shards.len());
             }
             shards.push(Shard { path, mmap });
         }
-        Ok(HfWeights { dir: dir.to_path_buf(), shards, index })
+        Ok(HfWeights {
+            dir: dir.to_path_buf(),
+            shards,
+            index,
+        })
     }
 }
 
 impl WeightSource for HfWeights {
     fn describe(&self) -> String {
-        format!("{} ({} safetensors file(s))", self.dir.display(), self.shards.len())
+        format!(
+            "{} ({} safetensors file(s))",
+            self.dir.display(),
+            self.shards.len()
+        )
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -74,7 +86,11 @@ impl WeightSource for HfWeights {
             StDtype::F32 => DType::F32,
             StDtype::BF16 => DType::BF16,
             StDtype::F16 => DType::F16,
-            other => return Err(bad(format!("{name} has dtype {other:?}; tessera reads F32, BF16 and F16 safetensors"))),
+            other => {
+                return Err(bad(format!(
+                    "{name} has dtype {other:?}; tessera reads F32, BF16 and F16 safetensors"
+                )))
+            }
         };
         HostTensor::from_bytes(src, view.shape().to_vec(), view.data())?.to_dtype(dtype)
     }

@@ -36,7 +36,12 @@ pub struct KvShape {
 impl KvShape {
     /// Shape of one layer's K (or V) cache: `[blocks, kv_heads, block_size, head_dim]`.
     pub fn layer_shape(&self, cfg: &ModelConfig) -> Vec<usize> {
-        vec![self.num_blocks, cfg.num_kv_heads, self.block_size, cfg.head_dim]
+        vec![
+            self.num_blocks,
+            cfg.num_kv_heads,
+            self.block_size,
+            cfg.head_dim,
+        ]
     }
 }
 
@@ -87,13 +92,22 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
 
     let specs = weight_specs(cfg, dt);
     let w = |g: &mut Graph, name: &str| -> ValueId {
-        let (_, shape, dtype) = specs.iter().find(|(n, _, _)| n == name).cloned().unwrap_or_else(|| {
-            // Only reachable through a bug in this file: every name used below is in weight_specs.
-            (name.to_string(), vec![0], DType::F32)
-        });
+        let (_, shape, dtype) = specs
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .cloned()
+            .unwrap_or_else(|| {
+                // Only reachable through a bug in this file: every name used below is in weight_specs.
+                (name.to_string(), vec![0], DType::F32)
+            });
         g.weight(name, dtype, shape)
     };
-    let rope = RopeParams { style: RopeStyle::Neox, head_dim: d, theta: cfg.rope_theta, scaling: cfg.rope_scaling.clone() };
+    let rope = RopeParams {
+        style: RopeStyle::Neox,
+        head_dim: d,
+        theta: cfg.rope_theta,
+        scaling: cfg.rope_scaling.clone(),
+    };
     let attn = AttentionParams {
         scale: 1.0 / (d as f32).sqrt(),
         causal: true,
@@ -118,7 +132,10 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
                 n
             }
         };
-        let bias = |g: &mut Graph, p: &str| cfg.qkv_bias.then(|| w(g, &names::layer(l, &format!("self_attn.{p}_proj.bias"))));
+        let bias = |g: &mut Graph, p: &str| {
+            cfg.qkv_bias
+                .then(|| w(g, &names::layer(l, &format!("self_attn.{p}_proj.bias"))))
+        };
         let (wq, bq) = (lw(&mut g, "self_attn.q_proj.weight"), bias(&mut g, "q"));
         let (wk, bk) = (lw(&mut g, "self_attn.k_proj.weight"), bias(&mut g, "k"));
         let (wv, bv) = (lw(&mut g, "self_attn.v_proj.weight"), bias(&mut g, "v"));
@@ -135,7 +152,15 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
         let v_cache = g.state(&format!("v_cache.{l}"), dt.kv, kv.layer_shape(cfg));
         let k_cache = g.kv_write(k_cache, k, slots);
         let v_cache = g.kv_write(v_cache, v, slots);
-        let a = g.paged_attention(q, k_cache, v_cache, qsl, seq_lens, block_tables, attn.clone());
+        let a = g.paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            qsl,
+            seq_lens,
+            block_tables,
+            attn.clone(),
+        );
         let a = g.reshape(a, vec![t, nh * d]);
         let wo = lw(&mut g, "self_attn.o_proj.weight");
         let o = g.linear(a, wo, None);
@@ -144,8 +169,11 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
         let r = residual.unwrap_or(o);
         let (hidden, r) = g.add_rms_norm(o, r, ln2, cfg.rms_norm_eps);
         residual = Some(r);
-        let (wg, wu, wd) =
-            (lw(&mut g, "mlp.gate_proj.weight"), lw(&mut g, "mlp.up_proj.weight"), lw(&mut g, "mlp.down_proj.weight"));
+        let (wg, wu, wd) = (
+            lw(&mut g, "mlp.gate_proj.weight"),
+            lw(&mut g, "mlp.up_proj.weight"),
+            lw(&mut g, "mlp.down_proj.weight"),
+        );
         let gate = g.linear(hidden, wg, None);
         let up = g.linear(hidden, wu, None);
         let m = g.silu_mul(gate, up);
@@ -156,8 +184,16 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
         Some(r) => g.add_rms_norm(x, r, norm, cfg.rms_norm_eps).0,
         None => g.rms_norm(x, norm, cfg.rms_norm_eps),
     };
-    let hidden = if shape.all_logits { hidden } else { g.gather_last(hidden, qsl) };
-    let head = if cfg.tie_word_embeddings { embed } else { w(&mut g, names::LM_HEAD) };
+    let hidden = if shape.all_logits {
+        hidden
+    } else {
+        g.gather_last(hidden, qsl)
+    };
+    let head = if cfg.tie_word_embeddings {
+        embed
+    } else {
+        w(&mut g, names::LM_HEAD)
+    };
     let logits = g.linear(hidden, head, None);
     g.output(logits);
     g.finish()

@@ -71,10 +71,16 @@ pub fn open(spec: &str) -> Result<ModelSource> {
     }
     if let Some(rest) = spec.strip_prefix("random:") {
         let config = random::config_for(rest)?;
-        let seed = std::env::var("TESSERA_RANDOM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let seed = std::env::var("TESSERA_RANDOM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         return Ok(ModelSource {
             name: spec.into(),
-            weights: Box::new(random::RandomWeights { config: config.clone(), seed }),
+            weights: Box::new(random::RandomWeights {
+                config: config.clone(),
+                seed,
+            }),
             config,
             tokenizer: None,
             chat_template: None,
@@ -94,10 +100,14 @@ fn open_path(path: &Path, name: &str) -> Result<ModelSource> {
         ));
     }
     let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    let read =
+        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
     read.map_err(|e| Error::io(path, e))?;
     if &magic != b"GGUF" {
-        return Err(Error::model(path.display(), "not a GGUF file (no GGUF magic); give a .gguf file or a Hugging Face folder"));
+        return Err(Error::model(
+            path.display(),
+            "not a GGUF file (no GGUF magic); give a .gguf file or a Hugging Face folder",
+        ));
     }
     open_gguf(path, name)
 }
@@ -109,19 +119,35 @@ fn open_gguf(path: &Path, name: &str) -> Result<ModelSource> {
     tokenizer.add_bos = gguf_tokenizer::add_bos_from_gguf(&file);
     tokenizer.bos = config.bos_token_id;
     tokenizer.eos = config.eos_token_ids.clone();
-    let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+    let token_text = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    };
     let chat_template = match gguf_tokenizer::chat_template_from_gguf(&file) {
-        Some(src) => Some(ChatTemplate::new(src, token_text(config.bos_token_id), token_text(config.eos_token_ids.first().copied()))?),
+        Some(src) => Some(ChatTemplate::new(
+            src,
+            token_text(config.bos_token_id),
+            token_text(config.eos_token_ids.first().copied()),
+        )?),
         None => None,
     };
     let weights = gguf_weights::GgufWeights::new(file)?;
-    Ok(ModelSource { name: name.into(), config, weights: Box::new(weights), tokenizer: Some(tokenizer), chat_template })
+    Ok(ModelSource {
+        name: name.into(),
+        config,
+        weights: Box::new(weights),
+        tokenizer: Some(tokenizer),
+        chat_template,
+    })
 }
 
 fn open_hf_dir(dir: &Path, name: &str) -> Result<ModelSource> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
-        return Err(Error::model(dir.display(), "no config.json: not a Hugging Face model folder"));
+        return Err(Error::model(
+            dir.display(),
+            "no config.json: not a Hugging Face model folder",
+        ));
     }
     let config = ModelConfig::from_hf_file(&config_path)?;
     let tok_path = dir.join("tokenizer.json");
@@ -141,5 +167,11 @@ fn open_hf_dir(dir: &Path, name: &str) -> Result<ModelSource> {
     };
     let chat_template = ChatTemplate::from_hf_dir(dir)?;
     let weights = hf::HfWeights::open(dir)?;
-    Ok(ModelSource { name: name.into(), config, weights: Box::new(weights), tokenizer, chat_template })
+    Ok(ModelSource {
+        name: name.into(),
+        config,
+        weights: Box::new(weights),
+        tokenizer,
+        chat_template,
+    })
 }

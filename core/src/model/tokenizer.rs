@@ -21,8 +21,9 @@ impl Tokenizer {
     }
 
     pub fn from_json(json: &str) -> Result<Self> {
-        let inner: tokenizers::Tokenizer =
-            json.parse().map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
+        let inner: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
         Ok(Self::wrap(inner))
     }
 
@@ -30,7 +31,12 @@ impl Tokenizer {
         // tessera adds BOS itself (once, where the model wants it); a post-processor
         // from tokenizer.json would add it a second time after a chat template.
         inner.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
-        Tokenizer { inner, add_bos: false, bos: None, eos: vec![] }
+        Tokenizer {
+            inner,
+            add_bos: false,
+            bos: None,
+            eos: vec![],
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -48,7 +54,10 @@ impl Tokenizer {
     /// Encodes text; special tokens written in the text (`<|im_start|>`) become
     /// their ids. `bos` is prepended when the model wants it and `with_bos` is set.
     pub fn encode(&self, text: &str, with_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if with_bos && self.add_bos {
             if let Some(b) = self.bos {
@@ -62,7 +71,9 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }
 
@@ -84,7 +95,11 @@ impl Default for StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> Self {
-        StreamDecoder { ids: vec![], emitted: 0, prefix: 0 }
+        StreamDecoder {
+            ids: vec![],
+            emitted: 0,
+            prefix: 0,
+        }
     }
 
     /// Adds one id and returns the new text it completes, if any.
