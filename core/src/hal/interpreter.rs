@@ -8,6 +8,7 @@ use super::kernels::{AttentionBatch, Kernels};
 use super::tensor::Tensor;
 use crate::{Error, Result};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Where a value's elements live.
 #[derive(Clone, Debug)]
@@ -22,6 +23,8 @@ pub struct Interpreted {
     kernels: Arc<dyn Kernels>,
     graph: Graph,
     homes: Vec<Home>,
+    /// Time per op name, when `TESSERA_PROFILE` is set; printed when dropped.
+    profile: Option<Vec<(&'static str, Duration, usize)>>,
 }
 
 pub fn compile(
@@ -127,11 +130,8 @@ pub fn compile(
         };
         homes.push(home);
     }
-    Ok(Box::new(Interpreted {
-        kernels,
-        graph: graph.clone(),
-        homes,
-    }))
+    let profile = std::env::var_os("TESSERA_PROFILE").map(|_| vec![]);
+    Ok(Box::new(Interpreted { kernels, graph: graph.clone(), homes, profile }))
 }
 
 fn position(list: &[ValueId], i: usize) -> Result<usize> {
@@ -228,10 +228,21 @@ impl Executable for Interpreted {
             )?;
         }
         for node in &self.graph.nodes {
+            let start = self.profile.is_some().then(Instant::now);
             self.run_node(node, inputs, state).map_err(|e| match e {
                 Error::Invalid(m) => Error::Invalid(format!("{}: {m}", node.op.name())),
                 other => other,
             })?;
+            if let (Some(start), Some(p)) = (start, self.profile.as_mut()) {
+                let name = node.op.name();
+                match p.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) => {
+                        entry.1 += start.elapsed();
+                        entry.2 += 1;
+                    }
+                    None => p.push((name, start.elapsed(), 1)),
+                }
+            }
         }
         Ok(self
             .graph
@@ -239,5 +250,22 @@ impl Executable for Interpreted {
             .iter()
             .map(|&v| self.tensor(v, inputs, state))
             .collect())
+    }
+}
+
+impl Drop for Interpreted {
+    fn drop(&mut self) {
+        let Some(p) = self.profile.as_mut() else { return };
+        if p.is_empty() {
+            return;
+        }
+        p.sort_by(|a, b| b.1.cmp(&a.1));
+        let total: Duration = p.iter().map(|e| e.1).sum();
+        let shape = self.graph.inputs.first().map(|v| self.graph.ty(*v).shape.clone()).unwrap_or_default();
+        eprintln!("profile of a {} graph with first input {shape:?} (total {:.2} ms):", self.kernels.backend(), total.as_secs_f64() * 1e3);
+        for (name, t, n) in p.iter() {
+            let share = 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12);
+            eprintln!("  {name:<16} {:>9.3} ms {share:>5.1}%  {n} calls", t.as_secs_f64() * 1e3);
+        }
     }
 }
