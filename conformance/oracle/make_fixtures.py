@@ -35,6 +35,8 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -179,6 +181,25 @@ def tiny_specs():
         bos_token_id=1,
         eos_token_id=2,
     )
+    # Mistral with a 4-token sliding window: an 11-token prompt and 32 greedy steps
+    # make most queries see only part of their context. One KV head (MQA).
+    mistral_sliding = MistralConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        sliding_window=4,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     # name, model class, config, weight seed, first prompt seed, embedding std
     return [
         ("llama_gqa_rope3", LlamaForCausalLM, llama_gqa_rope3, 1001, 2001, 1.0),
@@ -187,6 +208,7 @@ def tiny_specs():
         # and the tied lm_head, so greedy just repeats the last prompt token forever (checked:
         # 32 x the same id). A smaller embedding std keeps the blocks' contribution in play.
         ("smollm_tied", LlamaForCausalLM, smollm_tied, 1003, 4001, TIED_EMBED_STD),
+        ("mistral_sliding", MistralForCausalLM, mistral_sliding, 1004, 5001, 1.0),
     ]
 
 

@@ -141,3 +141,8 @@ fn mixed_prefill_and_decode_batch_equals_each_alone() {
         "batched vs alone: A {err_a:.3e}, B {err_b:.3e}"
     );
 }
+
+#[test]
+fn mistral_with_sliding_window_matches_transformers() {
+    check("mistral_sliding");
+}
