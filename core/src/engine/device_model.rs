@@ -49,9 +49,24 @@ impl DeviceModel {
                 "no lm_head.weight and tie_word_embeddings is false",
             ));
         }
+        let specs = weight_specs(cfg, dtypes);
+        let need: usize = specs.iter().map(|(_, s, d)| s.iter().product::<usize>() * d.size()).sum();
+        let mem = device.memory_info()?;
+        if mem.free_bytes > 0 && need as u64 > mem.free_bytes {
+            let hint = if weight_dtype == DType::F32 { "; try --dtype bf16" } else { "" };
+            return Err(Error::device(
+                device.name(),
+                format!(
+                    "{} needs {:.1} GB for its {weight_dtype} weights but only {:.1} GB is free{hint}",
+                    src.name,
+                    need as f64 / 1e9,
+                    mem.free_bytes as f64 / 1e9
+                ),
+            ));
+        }
         let mut weights = WeightMap::new();
         let mut weight_bytes = 0;
-        for (name, shape, dtype) in weight_specs(cfg, dtypes) {
+        for (name, shape, dtype) in specs {
             let host = src.weights.load(&name, dtype)?;
             if host.shape != shape {
                 return Err(Error::model(
