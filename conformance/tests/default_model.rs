@@ -159,3 +159,24 @@ fn chat_answer_names_paris() {
         );
     }
 }
+
+/// Streaming one id at a time never splits a character and ends with the whole
+/// text, including a long run that moves the decoder's settled prefix many times.
+#[test]
+fn streaming_decode_never_splits_characters() {
+    let src = source();
+    let tok = src.tokenizer.as_ref().expect("tokenizer");
+    let long = "naïve café – ünïcödé 😀 ".repeat(6);
+    for text in ["naïve café – ünïcödé 😀", "Hello, world!", long.as_str()] {
+        let all = tok.encode(text, false).expect("encode");
+        let mut dec = tessera_core::model::tokenizer::StreamDecoder::new();
+        let mut streamed = String::new();
+        for &id in &all {
+            if let Some(piece) = dec.push(tok, id).expect("push") {
+                assert!(!piece.contains('\u{FFFD}'), "split character in {piece:?}");
+                streamed.push_str(&piece);
+            }
+        }
+        assert_eq!(streamed, text);
+    }
+}
