@@ -198,6 +198,21 @@ impl ModelConfig {
         {
             return bad(format!("sizes must be positive: {self:?}"));
         }
+        // Bounds far above any real model keep every size product well inside usize.
+        let dims = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, 1 << 12),
+            ("num_attention_heads", self.num_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+        ];
+        for (name, v, max) in dims {
+            if v > max {
+                return bad(format!("{name} {v} is implausibly large (at most {max})"));
+            }
+        }
         if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
