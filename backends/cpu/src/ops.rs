@@ -280,3 +280,129 @@ fn argmax(values: impl Iterator<Item = f32>) -> usize {
     }
     best.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::hal::{RopeStyle, Tensor};
+    use tessera_core::model::config::RopeScaling;
+
+    fn kernels() -> CpuKernels {
+        CpuKernels::new(2).expect("pool")
+    }
+
+    fn tensor<T: crate::view::Elem>(k: &CpuKernels, shape: &[usize], data: &[T]) -> Tensor {
+        let t = Tensor::new(
+            k.alloc(std::mem::size_of_val(data)).expect("alloc"),
+            0,
+            T::DTYPE,
+            shape.to_vec(),
+        )
+        .expect("tensor");
+        write::<T>(&t).expect("view").copy_from_slice(data);
+        t
+    }
+
+    #[test]
+    fn argmax_and_sample_pick_the_same_token_everywhere() {
+        let k = kernels();
+        let logits = tensor(
+            &k,
+            &[2, 4],
+            &[0.1f32, 3.0, 2.9, -1.0, 5.0, 5.0, 1.0, f32::NAN],
+        );
+        let out = tensor(&k, &[2], &[0i32; 2]);
+        k.argmax(&logits, &out).expect("argmax");
+        assert_eq!(
+            read::<i32>(&out).expect("read"),
+            &[1, 0],
+            "first max wins ties, NaN never wins"
+        );
+
+        // Gumbel-max: noise large enough to flip row 0 only at temperature 1; t = 0 ignores it.
+        let noise = tensor(&k, &[2, 4], &[0.0f32, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let temp = tensor(&k, &[2], &[1.0f32, 0.0]);
+        k.sample(&logits, &temp, &noise, &out).expect("sample");
+        assert_eq!(read::<i32>(&out).expect("read"), &[2, 0]);
+    }
+
+    #[test]
+    fn elementwise_ops() {
+        let k = kernels();
+        let a = tensor(&k, &[2, 2], &[1.0f32, -2.0, 0.0, 4.0]);
+        let b = tensor(&k, &[2, 2], &[0.5f32, 0.5, 2.0, -1.0]);
+        let out = tensor(&k, &[2, 2], &[0f32; 4]);
+        k.add(&a, &b, &out).expect("add");
+        assert_eq!(read::<f32>(&out).expect("read"), &[1.5, -1.5, 2.0, 3.0]);
+        k.silu_mul(&a, &b, &out).expect("silu_mul");
+        let silu = |x: f32| x / (1.0 + (-x).exp());
+        let want = [silu(1.0) * 0.5, silu(-2.0) * 0.5, 0.0, silu(4.0) * -1.0];
+        for (g, w) in read::<f32>(&out).expect("read").iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+        let w = tensor(&k, &[2], &[1.0f32, 2.0]);
+        k.rms_norm(&a, &w, 0.0, &out).expect("rms_norm");
+        let r = (2.5f32).sqrt(); // rms of [1, -2]
+        assert!((read::<f32>(&out).expect("read")[1] - (-2.0 / r * 2.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_layouts_agree_up_to_the_pair_order() {
+        let k = kernels();
+        let p = |style| RopeParams {
+            style,
+            head_dim: 4,
+            theta: 10000.0,
+            scaling: RopeScaling::None,
+        };
+        let pos = tensor(&k, &[1], &[3i32]);
+        // The same pairs (x0,x2),(x1,x3) in neox order and (x0,x1),(x2,x3) in interleaved order.
+        let neox_in = tensor(&k, &[1, 1, 4], &[1.0f32, 2.0, 3.0, 4.0]);
+        let inter_in = tensor(&k, &[1, 1, 4], &[1.0f32, 3.0, 2.0, 4.0]);
+        let (o1, o2) = (
+            tensor(&k, &[1, 1, 4], &[0f32; 4]),
+            tensor(&k, &[1, 1, 4], &[0f32; 4]),
+        );
+        k.rope(&neox_in, &pos, &p(RopeStyle::Neox), &o1)
+            .expect("rope");
+        k.rope(&inter_in, &pos, &p(RopeStyle::Interleaved), &o2)
+            .expect("rope");
+        let (a, b) = (
+            read::<f32>(&o1).expect("read"),
+            read::<f32>(&o2).expect("read"),
+        );
+        assert_eq!([a[0], a[2], a[1], a[3]], [b[0], b[1], b[2], b[3]]);
+        let angle = 3.0f32; // position 3, first frequency 1
+        assert!((a[0] - (1.0 * angle.cos() - 3.0 * angle.sin())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kv_write_skips_padding_and_refuses_slots_outside_the_cache() {
+        let k = kernels();
+        // 2 blocks, 1 head, block size 2, head dim 2.
+        let cache = tensor(&k, &[2, 1, 2, 2], &[0f32; 8]);
+        let new = tensor(&k, &[2, 1, 2], &[1.0f32, 2.0, 3.0, 4.0]);
+        let slots = tensor(&k, &[2], &[3i32, -1]);
+        k.kv_write(&cache, &new, &slots).expect("kv_write");
+        assert_eq!(
+            read::<f32>(&cache).expect("read"),
+            &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0]
+        );
+        let bad = tensor(&k, &[2], &[4i32, 0]);
+        assert!(k.kv_write(&cache, &new, &bad).is_err());
+    }
+
+    #[test]
+    fn embedding_refuses_ids_outside_the_vocabulary() {
+        let k = kernels();
+        let table = tensor(&k, &[2, 2], &[1.0f32, 2.0, 3.0, 4.0]);
+        let out = tensor(&k, &[1, 2], &[0f32; 2]);
+        k.embedding(&table, &tensor(&k, &[1], &[1i32]), &out)
+            .expect("embedding");
+        assert_eq!(read::<f32>(&out).expect("read"), &[3.0, 4.0]);
+        let e = k
+            .embedding(&table, &tensor(&k, &[1], &[2i32]), &out)
+            .unwrap_err();
+        assert!(e.to_string().contains("token id 2"), "{e}");
+    }
+}

@@ -50,10 +50,17 @@ impl DeviceModel {
             ));
         }
         let specs = weight_specs(cfg, dtypes);
-        let need: usize = specs.iter().map(|(_, s, d)| s.iter().product::<usize>() * d.size()).sum();
+        let need: usize = specs
+            .iter()
+            .map(|(_, s, d)| s.iter().product::<usize>() * d.size())
+            .sum();
         let mem = device.memory_info()?;
         if mem.free_bytes > 0 && need as u64 > mem.free_bytes {
-            let hint = if weight_dtype == DType::F32 { "; try --dtype bf16" } else { "" };
+            let hint = if weight_dtype == DType::F32 {
+                "; try --dtype bf16"
+            } else {
+                ""
+            };
             return Err(Error::device(
                 device.name(),
                 format!(

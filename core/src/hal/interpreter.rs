@@ -131,7 +131,12 @@ pub fn compile(
         homes.push(home);
     }
     let profile = std::env::var_os("TESSERA_PROFILE").map(|_| vec![]);
-    Ok(Box::new(Interpreted { kernels, graph: graph.clone(), homes, profile }))
+    Ok(Box::new(Interpreted {
+        kernels,
+        graph: graph.clone(),
+        homes,
+        profile,
+    }))
 }
 
 fn position(list: &[ValueId], i: usize) -> Result<usize> {
@@ -255,17 +260,31 @@ impl Executable for Interpreted {
 
 impl Drop for Interpreted {
     fn drop(&mut self) {
-        let Some(p) = self.profile.as_mut() else { return };
+        let Some(p) = self.profile.as_mut() else {
+            return;
+        };
         if p.is_empty() {
             return;
         }
         p.sort_by(|a, b| b.1.cmp(&a.1));
         let total: Duration = p.iter().map(|e| e.1).sum();
-        let shape = self.graph.inputs.first().map(|v| self.graph.ty(*v).shape.clone()).unwrap_or_default();
-        eprintln!("profile of a {} graph with first input {shape:?} (total {:.2} ms):", self.kernels.backend(), total.as_secs_f64() * 1e3);
+        let shape = self
+            .graph
+            .inputs
+            .first()
+            .map(|v| self.graph.ty(*v).shape.clone())
+            .unwrap_or_default();
+        eprintln!(
+            "profile of a {} graph with first input {shape:?} (total {:.2} ms):",
+            self.kernels.backend(),
+            total.as_secs_f64() * 1e3
+        );
         for (name, t, n) in p.iter() {
             let share = 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12);
-            eprintln!("  {name:<16} {:>9.3} ms {share:>5.1}%  {n} calls", t.as_secs_f64() * 1e3);
+            eprintln!(
+                "  {name:<16} {:>9.3} ms {share:>5.1}%  {n} calls",
+                t.as_secs_f64() * 1e3
+            );
         }
     }
 }

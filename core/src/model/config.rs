@@ -102,9 +102,11 @@ impl ModelConfig {
         let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
             Some(d) => d as usize,
             None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => return Err(bad(format!(
+            None => {
+                return Err(bad(format!(
                 "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
-            ))),
+            )))
+            }
         };
 
         // transformers 5 moved rope_theta and rope_scaling into `rope_parameters`.
@@ -206,7 +208,11 @@ impl ModelConfig {
             ("num_hidden_layers", self.num_layers, 1 << 12),
             ("num_attention_heads", self.num_heads, 1 << 12),
             ("head_dim", self.head_dim, 1 << 12),
-            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
         ];
         for (name, v, max) in dims {
             if v > max {
