@@ -125,14 +125,7 @@ impl ModelConfig {
             Some(s) => parse_rope_scaling(s).map_err(bad)?,
         };
 
-        let eos_token_ids = match v.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64().map(|x| x as u32))
-                .collect(),
-            _ => vec![],
-        };
+        let eos_token_ids = token_ids(v.get("eos_token_id"));
         let stored_dtype = v
             .get("dtype")
             .or_else(|| v.get("torch_dtype"))
@@ -258,6 +251,18 @@ impl ModelConfig {
         let per_layer = attn + bias + 3 * h * i + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_layers * per_layer + h + head
+    }
+}
+
+/// A token id or a list of them (`eos_token_id` takes both forms).
+pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => vec![],
     }
 }
 

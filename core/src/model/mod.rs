@@ -149,7 +149,18 @@ fn open_hf_dir(dir: &Path, name: &str) -> Result<ModelSource> {
             "no config.json: not a Hugging Face model folder",
         ));
     }
-    let config = ModelConfig::from_hf_file(&config_path)?;
+    let mut config = ModelConfig::from_hf_file(&config_path)?;
+    // Instruct models often list their end-of-turn tokens only in generation_config.json.
+    let generation: Option<serde_json::Value> =
+        std::fs::read_to_string(dir.join("generation_config.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
+    let extra = config::token_ids(generation.as_ref().and_then(|v| v.get("eos_token_id")));
+    for id in extra {
+        if !config.eos_token_ids.contains(&id) {
+            config.eos_token_ids.push(id);
+        }
+    }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.is_file() {
         let mut t = Tokenizer::from_file(&tok_path)?;
