@@ -36,11 +36,18 @@ fn hf_folder_brings_tokenizer_and_chat_template() {
     });
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("write");
 
-    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [2, 7]}"#).expect("write");
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"eos_token_id": [2, 7]}"#,
+    )
+    .expect("write");
 
     let src = model::open(dir.to_str().expect("utf-8")).expect("open folder");
     // config.json names EOS 2; generation_config.json adds an end-of-turn token.
-    assert_eq!(src.tokenizer.as_ref().map(|t| t.eos.clone()), Some(vec![2, 7]));
+    assert_eq!(
+        src.tokenizer.as_ref().map(|t| t.eos.clone()),
+        Some(vec![2, 7])
+    );
     let tok = src.tokenizer.as_ref().expect("tokenizer.json was found");
     let tmpl = src.chat_template.as_ref().expect("chat template was found");
     let text = tmpl

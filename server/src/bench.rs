@@ -11,6 +11,8 @@ use tessera_core::DType;
 pub enum Command {
     /// Batch-1 prefill and decode speed per weight dtype, against the memory-bandwidth bound.
     Decode(DecodeArgs),
+    /// Offline throughput of the engine on random prompts (like `vllm bench throughput`).
+    Throughput(crate::throughput::ThroughputArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +57,7 @@ struct DecodeReport {
 pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Decode(a) => decode(a),
+        Command::Throughput(a) => crate::throughput::run(a),
     }
 }
 

@@ -50,8 +50,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         top_k: a.top_k,
         min_p: a.min_p,
         seed: a.seed,
+        max_tokens: a.max_tokens.max(1),
+        ..Default::default()
     };
-    sampling.validate()?;
+    sampling.validate_params()?;
     if a.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }

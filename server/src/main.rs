@@ -4,6 +4,7 @@ mod bench;
 mod devices;
 mod generate;
 mod session;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

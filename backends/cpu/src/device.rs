@@ -111,6 +111,7 @@ impl Device for CpuDevice {
             block_sizes: vec![1, 2, 4, 8, 16, 32, 64, 128, 256],
             graph_capture: false,
             exact_shapes: true,
+            host_memory: true,
         }
     }
 
@@ -154,6 +155,26 @@ impl Device for CpuDevice {
         }
         // SAFETY: bounds checked above.
         unsafe { std::ptr::copy_nonoverlapping(m.ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &Buffer,
+        src_offset: usize,
+        dst: &Buffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let (s, d) = (host_memory(src)?, host_memory(dst)?);
+        let fits = |off: usize, len: usize| off.checked_add(bytes).is_some_and(|end| end <= len);
+        if !fits(src_offset, s.len()) || !fits(dst_offset, d.len()) {
+            return Err(Error::invalid(format!(
+                "copy of {bytes} bytes overflows a buffer"
+            )));
+        }
+        // SAFETY: both ranges checked above; `copy` (memmove) allows overlap.
+        unsafe { std::ptr::copy(s.ptr().add(src_offset), d.ptr().add(dst_offset), bytes) };
         Ok(())
     }
 

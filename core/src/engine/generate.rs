@@ -45,7 +45,7 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<GenerateStats> {
-    opts.sampling.validate()?;
+    opts.sampling.validate_params()?;
     if prompt.is_empty() {
         return Err(Error::Request("the prompt is empty".into()));
     }

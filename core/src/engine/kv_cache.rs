@@ -56,3 +56,103 @@ impl KvCache {
         2 * cfg.num_layers * cfg.kv_dim() * dtype.size()
     }
 }
+
+/// How much memory the KV cache may take.
+#[derive(Clone, Copy, Debug)]
+pub struct KvBudget {
+    /// Exact bytes (`--kv-cache-memory`); wins over the fraction.
+    pub bytes: Option<usize>,
+    /// Fraction of the device's memory the whole process may use (`--memory-utilization`).
+    pub memory_utilization: f32,
+}
+
+/// Default KV size on devices that share the host's RAM (vLLM's CPU default too).
+pub const HOST_KV_DEFAULT_BYTES: usize = 4 << 30;
+
+/// Sizes the KV pool after a profiling step: runs the largest step the engine
+/// will run (`max_step_tokens` tokens) with a small cache so activations are
+/// allocated, then gives the cache what the budget leaves. Returns the runner.
+pub fn build_runner(
+    model: super::DeviceModel,
+    block_size: usize,
+    max_step_tokens: usize,
+    budget: KvBudget,
+) -> Result<super::Runner> {
+    let cfg = model.config.clone();
+    let device = model.device.clone();
+    let caps = device.capabilities();
+    let dtype = model.dtypes.kv;
+    let per_block = KvCache::bytes_per_token(&cfg, dtype) * block_size;
+    let probe_blocks = max_step_tokens.div_ceil(block_size).max(1);
+
+    // Profiling pass.
+    let probe = KvCache::new(
+        device.as_ref(),
+        &cfg,
+        dtype,
+        KvShape {
+            num_blocks: probe_blocks,
+            block_size,
+        },
+    )?;
+    let mut runner = super::Runner::new(model, probe);
+    let n = max_step_tokens.min(cfg.max_position_embeddings).max(1);
+    let positions: Vec<u32> = (0..n as u32).collect();
+    runner.step(&super::StepBatch {
+        tokens: vec![0; n],
+        slots: positions.clone(),
+        positions,
+        query_start_loc: vec![0, n as u32],
+        seq_lens: vec![n as u32],
+        block_tables: vec![(0..n.div_ceil(block_size) as u32).collect()],
+        all_logits: false,
+    })?;
+    let mem = device.memory_info()?;
+
+    let bytes = match budget.bytes {
+        Some(b) => b,
+        None if caps.host_memory => {
+            HOST_KV_DEFAULT_BYTES.min((mem.free_bytes as f64 * 0.5) as usize)
+        }
+        None => {
+            let allowed = mem.total_bytes as f64 * budget.memory_utilization as f64;
+            let used = (mem.total_bytes - mem.free_bytes.min(mem.total_bytes)) as f64;
+            (allowed - used).max(0.0) as usize
+        }
+    };
+    // No use for more blocks than sequences could ever fill.
+    let useful = (cfg.max_position_embeddings * 256).div_ceil(block_size);
+    let num_blocks = (bytes / per_block.max(1)).min(useful);
+    if num_blocks
+        < cfg
+            .max_position_embeddings
+            .min(max_step_tokens)
+            .div_ceil(block_size)
+            .max(1)
+    {
+        return Err(Error::device(
+            device.name(),
+            format!(
+                "only {} bytes left for the KV cache ({num_blocks} blocks of {block_size} tokens); raise --kv-cache-memory or --memory-utilization, or lower --max-num-batched-tokens",
+                bytes
+            ),
+        ));
+    }
+    let model = runner.model;
+    drop(runner.kv);
+    let kv = KvCache::new(
+        device.as_ref(),
+        &cfg,
+        dtype,
+        KvShape {
+            num_blocks,
+            block_size,
+        },
+    )?;
+    tracing::info!(
+        "KV cache: {num_blocks} blocks x {block_size} tokens = {} tokens, {:.1} MB ({dtype})",
+        num_blocks * block_size,
+        kv.bytes() as f64 / 1e6
+    );
+    Ok(super::Runner::new(model, kv))
+}

@@ -1,15 +1,26 @@
-//! Running a model on a device: weights uploaded once (`device_model`), the KV
-//! cache (`kv_cache`), one step of a ragged batch (`runner`), token choice
-//! (`sampler`) and a single-sequence generation loop (`generate`).
+//! Running a model on a device. `engine` serves many requests at once:
+//! `scheduler` picks each step's work, `block_manager` accounts for the paged KV
+//! cache (`kv_cache`), `runner` executes one ragged batch, `sampler` and `stop`
+//! turn logits into tokens and text, `handle` is the async edge. `generate` is
+//! the single-sequence loop of the CLI.
 
+pub mod block_manager;
 pub mod device_model;
+pub mod engine;
 pub mod generate;
+pub mod handle;
 pub mod kv_cache;
 pub mod runner;
 pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod stop;
 
 pub use device_model::DeviceModel;
+pub use engine::{sample_seed, Engine, EngineConfig, RequestOutput, TokenLogprob};
 pub use generate::{generate, GenerateOptions, GenerateStats};
+pub use handle::EngineHandle;
 pub use kv_cache::KvCache;
 pub use runner::{Runner, StepBatch};
 pub use sampler::SamplingParams;
+pub use sequence::{FinishReason, RequestId};

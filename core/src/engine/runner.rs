@@ -144,3 +144,34 @@ impl Runner {
         HostTensor::from_bytes(logits.dtype, vec![rows, vocab], &raw)?.to_dtype(DType::F32)
     }
 }
+
+impl Runner {
+    /// Copies whole KV blocks (src -> dst) in every layer's K and V: the
+    /// copy-on-write the block manager asks for before a shared block is written.
+    pub fn copy_blocks(&mut self, copies: &[(u32, u32)]) -> Result<()> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let dev = self.model.device.clone();
+        for t in &self.kv.tensors {
+            let block_bytes = t.nbytes() / t.shape[0].max(1);
+            for &(src, dst) in copies {
+                let (s, d) = (src as usize, dst as usize);
+                if s >= t.shape[0] || d >= t.shape[0] {
+                    return Err(Error::invalid(format!(
+                        "block copy {src} -> {dst} outside {} blocks",
+                        t.shape[0]
+                    )));
+                }
+                dev.copy(
+                    &t.buffer,
+                    t.offset + s * block_bytes,
+                    &t.buffer,
+                    t.offset + d * block_bytes,
+                    block_bytes,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,19 +1,74 @@
-//! Chooses the next token from logits on the host: greedy, or temperature with
-//! top-k / top-p / min-p. Randomness is a pure function of (seed, position), so a
-//! seeded request draws the same tokens whatever else runs beside it.
+//! Chooses the next token of a sequence on the host, with everything vLLM's
+//! sampling parameters do: repetition / presence / frequency penalties, logit
+//! bias, `min_tokens` masking of end tokens, then greedy or temperature with
+//! top-k / top-p / min-p, and log-probabilities of the raw logits.
+//!
+//! Randomness is a pure function of (seed, position): the draw depends only on
+//! the logits, the parameters, the seed and the position, so a seeded request
+//! draws the same tokens whatever batch it runs in. Candidate order is the
+//! strict total order (value desc, id asc), so partial selection and sorting
+//! cannot change which token is drawn.
+//!
+//! Cost per call, for a vocabulary of V: greedy is one vectorised max pass plus
+//! a search for its first index; temperature sampling is about 1.5 vectorised
+//! exp passes (no sort), plus one filter pass and a partial selection when
+//! top-k / top-p are on (only the kept head is sorted); penalties touch only
+//! the tokens that occurred; logprobs add one max pass and one exp pass (and a
+//! scan for the top alternatives when asked).
 
 use crate::model::random::splitmix64;
 use crate::{Error, Result};
+use std::cell::Cell;
+use std::cmp::Ordering;
+
+/// Most sequences one request may ask for (`n`).
+pub const MAX_N: usize = 64;
+/// Most top alternatives `logprobs` may ask for.
+pub const MAX_LOGPROBS: usize = 20;
+/// Largest magnitude of one logit bias.
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+/// Largest magnitude of the presence and frequency penalties.
+pub const MAX_PRESENCE_FREQUENCY: f32 = 2.0;
+/// Temperatures below this are greedy (as in vLLM).
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
-    /// 0 means greedy.
+    /// 0 (anything below [`GREEDY_TEMPERATURE`]) means greedy.
     pub temperature: f32,
+    /// Nucleus sampling: keep the smallest head whose mass reaches `top_p`; 1 = off.
     pub top_p: f32,
     /// 0 means no limit.
     pub top_k: usize,
+    /// Drop tokens whose probability is below `min_p` times the top one; 0 = off.
     pub min_p: f32,
+    /// The request's seed; see [`choice_seed`] for its sequences when `n` > 1.
     pub seed: u64,
+    /// Sequences to generate for the request (the sampler handles one at a time).
+    pub n: usize,
+    /// HF / vLLM semantics over prompt and output tokens: positive logits are
+    /// divided by it, negative ones multiplied. 1 = off.
+    pub repetition_penalty: f32,
+    /// OpenAI semantics over output tokens: `logit -= presence * [count > 0]`.
+    pub presence_penalty: f32,
+    /// OpenAI semantics over output tokens: `logit -= frequency * count`.
+    pub frequency_penalty: f32,
+    /// (token, bias) added to the logits; repeated ids add up.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// End tokens and `stop_token_ids` are masked until this many were generated.
+    pub min_tokens: usize,
+    /// Strings that end generation (see [`super::stop::StopMatcher`]).
+    pub stop: Vec<String>,
+    /// Tokens that end generation, besides the model's end tokens.
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating past the model's end tokens (the caller's loop acts on
+    /// it; end tokens are then not masked for `min_tokens` either, as in vLLM).
+    pub ignore_eos: bool,
+    /// `Some(k)`: return the chosen token's log-probability and the top `k`
+    /// alternatives (0..=20) of the raw logits.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -24,31 +79,136 @@ impl Default for SamplingParams {
             top_k: 0,
             min_p: 0.0,
             seed: 0,
+            n: 1,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            max_tokens: 256,
+            min_tokens: 0,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
         }
     }
 }
 
+fn bad(msg: String) -> Result<()> {
+    Err(Error::Request(msg))
+}
+
 impl SamplingParams {
-    pub fn validate(&self) -> Result<()> {
+    /// Checks every field that does not depend on the model; [`Self::validate`]
+    /// does these checks and the ones that need the vocabulary and context size.
+    pub fn validate_params(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Request(format!(
-                "temperature must be >= 0, got {}",
+            return bad(format!(
+                "temperature must be a finite number >= 0, got {}",
                 self.temperature
-            )));
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Request(format!(
-                "top_p must be in (0, 1], got {}",
-                self.top_p
-            )));
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(Error::Request(format!(
-                "min_p must be in [0, 1], got {}",
-                self.min_p
-            )));
+        if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition_penalty must be a finite number > 0 (1 = off), got {}",
+                self.repetition_penalty
+            ));
+        }
+        let pf = MAX_PRESENCE_FREQUENCY;
+        if !(self.presence_penalty >= -pf && self.presence_penalty <= pf) {
+            return bad(format!(
+                "presence_penalty must be in [-{pf}, {pf}], got {}",
+                self.presence_penalty
+            ));
+        }
+        if !(self.frequency_penalty >= -pf && self.frequency_penalty <= pf) {
+            return bad(format!(
+                "frequency_penalty must be in [-{pf}, {pf}], got {}",
+                self.frequency_penalty
+            ));
+        }
+        if self.n == 0 || self.n > MAX_N {
+            return bad(format!("n must be in [1, {MAX_N}], got {}", self.n));
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1, got 0".into());
+        }
+        if self.min_tokens > self.max_tokens {
+            return bad(format!(
+                "min_tokens must be in [0, max_tokens = {}], got {}",
+                self.max_tokens, self.min_tokens
+            ));
+        }
+        let b = MAX_LOGIT_BIAS;
+        for &(id, bias) in &self.logit_bias {
+            if !(bias >= -b && bias <= b) {
+                return bad(format!(
+                    "logit_bias for token {id} must be in [-{b}, {b}], got {bias}"
+                ));
+            }
+        }
+        if let Some(k) = self.logprobs {
+            if k > MAX_LOGPROBS {
+                return bad(format!("logprobs must be in [0, {MAX_LOGPROBS}], got {k}"));
+            }
+        }
+        if let Some(i) = self.stop.iter().position(|s| s.is_empty()) {
+            return bad(format!("stop strings must not be empty (stop[{i}] is)"));
         }
         Ok(())
+    }
+
+    /// Every check of [`Self::validate_params`], plus token ids below
+    /// `vocab_size` (`logit_bias`, `stop_token_ids`) and `max_tokens <= max_context`.
+    /// Errors are `Error::Request` naming the field and its allowed range.
+    pub fn validate(&self, vocab_size: usize, max_context: usize) -> Result<()> {
+        self.validate_params()?;
+        if self.max_tokens > max_context {
+            return bad(format!(
+                "max_tokens must be in [1, {max_context}] (the model's context), got {}",
+                self.max_tokens
+            ));
+        }
+        if let Some(&(id, _)) = self
+            .logit_bias
+            .iter()
+            .find(|&&(id, _)| id as usize >= vocab_size)
+        {
+            return bad(format!(
+                "logit_bias token ids must be in [0, {vocab_size}), got {id}"
+            ));
+        }
+        if let Some(&id) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&id| id as usize >= vocab_size)
+        {
+            return bad(format!(
+                "stop_token_ids must be in [0, {vocab_size}), got {id}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn is_greedy(&self) -> bool {
+        // Also catches NaN.
+        !(self.temperature >= GREEDY_TEMPERATURE)
+    }
+}
+
+/// The seed of sequence `index` of a request with `n` sequences: the request's
+/// seed for the first, independent streams for the others.
+pub fn choice_seed(seed: u64, index: usize) -> u64 {
+    if index == 0 {
+        seed
+    } else {
+        splitmix64(seed ^ splitmix64(index as u64 ^ 0x5eed_5eed_5eed_5eed))
     }
 }
 
@@ -58,81 +218,611 @@ pub fn uniform(seed: u64, position: u64) -> f64 {
     (r >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Index of the largest logit (the first on ties; NaN never wins).
+/// Index of the largest logit (the first on ties; NaN never wins; 0 when none
+/// is above -inf).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = (0usize, f32::NEG_INFINITY);
-    for (i, &x) in logits.iter().enumerate() {
-        if x > best.1 {
-            best = (i, x);
-        }
+    let m = max_value(logits);
+    if m == f32::NEG_INFINITY || m.is_nan() {
+        return 0;
     }
-    best.0 as u32
+    logits.iter().position(|&x| x == m).unwrap_or(0) as u32
 }
 
-/// Picks the token for `position` of a sequence.
+/// Picks the token for `position` with `p.seed`, from the logits alone: logit
+/// bias and the distribution shaping (temperature, top-k, top-p, min-p) apply;
+/// penalties and `min_tokens` need the token history, see [`sample_token`].
 pub fn sample(logits: &[f32], p: &SamplingParams, position: u64) -> u32 {
-    if p.temperature == 0.0 || logits.is_empty() {
-        return argmax(logits);
+    if p.logit_bias.is_empty() {
+        return choose(logits, p, p.seed, position);
     }
-    let mut cand: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l / p.temperature))
-        .collect();
-    // Stable order (value desc, id asc) keeps the draw independent of sort details.
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if p.top_k > 0 {
-        cand.truncate(p.top_k);
-    }
-    let max = cand[0].1;
-    let mut probs: Vec<f64> = cand
-        .iter()
-        .map(|&(_, l)| ((l - max) as f64).exp())
-        .collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|x| *x /= total);
-    let mut keep = probs.len();
-    if p.min_p > 0.0 {
-        let floor = probs[0] * p.min_p as f64;
-        keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
-    }
-    if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        let mut n = 0;
-        for &x in &probs[..keep] {
-            acc += x;
-            n += 1;
-            if acc >= p.top_p as f64 {
-                break;
+    let mut l = logits.to_vec();
+    for &(t, b) in &p.logit_bias {
+        if let Some(x) = l.get_mut(t as usize) {
+            if b.is_finite() {
+                *x += b;
             }
         }
-        keep = n.max(1);
     }
-    let mass: f64 = probs[..keep].iter().sum();
-    let u = uniform(p.seed, position) * mass;
-    let mut acc = 0.0;
-    for (i, &x) in probs[..keep].iter().enumerate() {
-        acc += x;
-        if u < acc {
-            return cand[i].0;
+    choose(&l, p, p.seed, position)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampledToken {
+    pub token: u32,
+    /// log_softmax of the raw logits at `token`; NaN when `logprobs` is `None`.
+    pub logprob: f32,
+    /// The `logprobs` most likely tokens of the raw logits with their
+    /// log-probabilities, most likely first (ties: lower id first).
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Picks the next token of one sequence.
+///
+/// `logits`: the model's raw logits for this sequence; used as scratch: on return
+/// they hold the processed logits (penalties, bias and masks applied, before
+/// temperature). `prompt`/`output`: token ids so far. `eos_ids`: the model's end
+/// tokens (masked, together with `stop_token_ids`, while `output.len() <
+/// min_tokens`; end tokens not when `ignore_eos`). `seed`: the sequence's seed
+/// (see [`choice_seed`]); `position`: index of the token being sampled in the
+/// whole sequence.
+///
+/// Order: logprobs of the RAW logits are computed first (log_softmax of raw
+/// logits, vLLM's default) for the chosen token and the top-N; then repetition /
+/// presence / frequency penalties, logit bias, min_tokens masking, then greedy
+/// (temperature 0) or temperature -> top-k -> top-p -> min-p -> a draw with
+/// `uniform(seed, position)`.
+///
+/// Token ids at or beyond the vocabulary (in the history, bias or stop ids) are
+/// ignored; nothing here panics on request data.
+pub fn sample_token(
+    logits: &mut [f32],
+    p: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+    eos_ids: &[u32],
+    seed: u64,
+    position: u64,
+) -> SampledToken {
+    if logits.is_empty() {
+        return SampledToken {
+            token: 0,
+            logprob: f32::NAN,
+            top_logprobs: Vec::new(),
+        };
+    }
+    let raw = p
+        .logprobs
+        .map(|k| RawLogprobs::new(logits, k.min(MAX_LOGPROBS)));
+    let mut ed = Edits {
+        logits,
+        saved: raw.as_ref().map(|_| Vec::new()),
+    };
+    with_scratch(|s| apply_penalties(&mut ed, p, prompt, output, &mut s.counts));
+    for &(t, b) in &p.logit_bias {
+        if b.is_finite() {
+            ed.update(t, |x| x + b);
         }
     }
-    cand[keep - 1].0
+    if output.len() < p.min_tokens {
+        if !p.ignore_eos {
+            for &t in eos_ids {
+                ed.update(t, |_| f32::NEG_INFINITY);
+            }
+        }
+        for &t in &p.stop_token_ids {
+            ed.update(t, |_| f32::NEG_INFINITY);
+        }
+    }
+    let token = choose(ed.logits, p, seed, position);
+    match raw {
+        Some(raw) => SampledToken {
+            token,
+            logprob: raw.logprob(ed.original(token)),
+            top_logprobs: raw.top,
+        },
+        None => SampledToken {
+            token,
+            logprob: f32::NAN,
+            top_logprobs: Vec::new(),
+        },
+    }
+}
+
+/// In-place edits of the logits, remembering the original values when the
+/// chosen token's raw logprob is wanted.
+struct Edits<'a> {
+    logits: &'a mut [f32],
+    saved: Option<Vec<(u32, f32)>>,
+}
+
+impl Edits<'_> {
+    fn update(&mut self, t: u32, f: impl FnOnce(f32) -> f32) {
+        if let Some(x) = self.logits.get_mut(t as usize) {
+            if let Some(s) = &mut self.saved {
+                s.push((t, *x));
+            }
+            *x = f(*x);
+        }
+    }
+
+    fn original(&self, t: u32) -> f32 {
+        let first = self
+            .saved
+            .as_ref()
+            .and_then(|s| s.iter().find(|e| e.0 == t).map(|e| e.1));
+        first.unwrap_or_else(|| self.logits.get(t as usize).copied().unwrap_or(f32::NAN))
+    }
+}
+
+fn apply_penalties(
+    ed: &mut Edits,
+    p: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+    counts: &mut Vec<u32>,
+) {
+    let v = ed.logits.len();
+    let rp = p.repetition_penalty;
+    if rp != 1.0 && rp > 0.0 && rp.is_finite() {
+        let mut seen = vec![0u64; v.div_ceil(64)];
+        for &t in prompt.iter().chain(output) {
+            let i = t as usize;
+            if i >= v {
+                continue;
+            }
+            let (w, bit) = (i / 64, 1u64 << (i % 64));
+            if let Some(word) = seen.get_mut(w) {
+                if *word & bit != 0 {
+                    continue;
+                }
+                *word |= bit;
+            }
+            ed.update(t, |x| if x > 0.0 { x / rp } else { x * rp });
+        }
+    }
+    let (pres, freq) = (p.presence_penalty, p.frequency_penalty);
+    let pres = if pres.is_finite() { pres } else { 0.0 };
+    let freq = if freq.is_finite() { freq } else { 0.0 };
+    if pres == 0.0 && freq == 0.0 {
+        return;
+    }
+    // Counts live in a zeroed per-thread buffer; each touched entry is reset.
+    if counts.len() < v {
+        counts.resize(v, 0);
+    }
+    for &t in output {
+        if let Some(c) = counts.get_mut(t as usize).filter(|_| (t as usize) < v) {
+            *c = c.saturating_add(1);
+        }
+    }
+    for &t in output {
+        let c = match counts.get_mut(t as usize) {
+            Some(c) if *c > 0 => std::mem::take(c),
+            _ => continue,
+        };
+        ed.update(t, |x| x - (freq * c as f32 + pres));
+    }
+}
+
+/// log_softmax of the raw logits: their logsumexp and the top alternatives.
+struct RawLogprobs {
+    lse: f64,
+    top: Vec<(u32, f32)>,
+}
+
+impl RawLogprobs {
+    fn new(l: &[f32], k: usize) -> Self {
+        let m = max_value(l);
+        let lse = if m.is_finite() {
+            let mut total = 0.0f64;
+            for c in l.chunks(LANES) {
+                total += tree_sum(chunk_weights(c, m, 1.0, 0.0)) as f64;
+            }
+            m as f64 + total.ln()
+        } else {
+            m as f64
+        };
+        let mut r = RawLogprobs {
+            lse,
+            top: Vec::new(),
+        };
+        if k == 0 {
+            return r;
+        }
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        for (i, &x) in l.iter().enumerate() {
+            if x.is_nan() {
+                continue;
+            }
+            if top.len() < k || top.last().is_some_and(|&(_, y)| x > y) {
+                // After equal values: ids ascend among ties.
+                let at = top.partition_point(|&(_, y)| y >= x);
+                top.insert(at, (i as u32, x));
+                top.truncate(k);
+            }
+        }
+        for e in &mut top {
+            e.1 = r.logprob(e.1);
+        }
+        r.top = top;
+        r
+    }
+
+    fn logprob(&self, x: f32) -> f32 {
+        if x.is_nan() || x == f32::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else if self.lse == f64::INFINITY {
+            if x == f32::INFINITY {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        } else {
+            (x as f64 - self.lse) as f32
+        }
+    }
+}
+
+/// Greedy, or a draw from the shaped distribution.
+fn choose(l: &[f32], p: &SamplingParams, seed: u64, position: u64) -> u32 {
+    if p.is_greedy() || l.is_empty() {
+        return argmax(l);
+    }
+    let u = uniform(seed, position);
+    with_scratch(|s| draw(l, p, u, &mut s.pairs, &mut s.weights))
+}
+
+/// Total order of candidates: value descending, then id ascending.
+fn by_rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+fn draw(
+    l: &[f32],
+    p: &SamplingParams,
+    u: f64,
+    pairs: &mut Vec<(u32, f32)>,
+    weights: &mut Vec<f32>,
+) -> u32 {
+    let v = l.len();
+    let m = max_value(l);
+    let first_max = argmax(l);
+    if !m.is_finite() {
+        // All masked (or an infinite logit): nothing to draw from.
+        return first_max;
+    }
+    let inv_t = 1.0 / p.temperature;
+    let k_on = p.top_k > 0 && p.top_k < v;
+    let p_on = p.top_p < 1.0; // false for NaN
+    let top_p = p.top_p.max(0.0);
+    let min_p = if p.min_p > 0.0 { p.min_p.min(1.0) } else { 0.0 };
+
+    if !k_on && !p_on {
+        // Whole vocabulary (less what min-p drops), drawn in id order: no sort.
+        let mut total = 0.0f64;
+        for c in l.chunks(LANES) {
+            total += tree_sum(chunk_weights(c, m, inv_t, min_p)) as f64;
+        }
+        if !(total > 0.0) {
+            return first_max;
+        }
+        let target = u * total;
+        let mut acc = 0.0f64;
+        for (ci, c) in l.chunks(LANES).enumerate() {
+            let w = chunk_weights(c, m, inv_t, min_p);
+            let s = tree_sum(w) as f64;
+            if target < acc + s {
+                let mut a = acc;
+                let mut last = None;
+                for (j, &wj) in w.iter().enumerate().take(c.len()) {
+                    if wj > 0.0 {
+                        last = Some(j);
+                        a += wj as f64;
+                        if target < a {
+                            return (ci * LANES + j) as u32;
+                        }
+                    }
+                }
+                return last.map_or(first_max, |j| (ci * LANES + j) as u32);
+            }
+            acc += s;
+        }
+        return first_max;
+    }
+
+    // Candidates: a superset of the tokens that can survive, as (id, logit).
+    // A weight floor `wf` (in probability relative to the top token) is safe for
+    // min-p unless top-p needs the mass of the top-k set, and for top-p alone
+    // (no top-k): every token outside {w >= (1 - top_p) Z / V} together weighs
+    // under (1 - top_p) Z, so the nucleus lies inside that set.
+    let mut z_full = 0.0f64;
+    let mut wf = 0.0f32;
+    if p_on && !k_on {
+        for c in l.chunks(LANES) {
+            z_full += tree_sum(chunk_weights(c, m, inv_t, 0.0)) as f64;
+        }
+        wf = ((1.0 - top_p as f64) * z_full / v as f64).min(1.0) as f32;
+    }
+    if !(p_on && k_on) {
+        wf = wf.max(min_p);
+    }
+    // Log-space bound with a margin far above the error of `fast_exp`.
+    let amin = if wf > 0.0 {
+        (wf.ln() - 1e-3 - 1e-4 * wf.ln().abs()).max(EXP_MIN)
+    } else {
+        EXP_MIN
+    };
+    pairs.clear();
+    for (i, &x) in l.iter().enumerate() {
+        if (x - m) * inv_t >= amin {
+            pairs.push((i as u32, x));
+        }
+    }
+    if pairs.is_empty() {
+        return first_max;
+    }
+    if k_on && pairs.len() > p.top_k {
+        pairs.select_nth_unstable_by(p.top_k - 1, by_rank);
+        pairs.truncate(p.top_k);
+    }
+    let target = if !p_on {
+        f64::INFINITY
+    } else if k_on {
+        let z: f64 = pairs
+            .iter()
+            .map(|&(_, x)| weight(x, m, inv_t, 0.0) as f64)
+            .sum();
+        top_p as f64 * z
+    } else {
+        top_p as f64 * z_full
+    };
+    let keep = sorted_head(pairs, weights, m, inv_t, target, min_p);
+    let total: f64 = weights.iter().take(keep).map(|&w| w as f64).sum();
+    let target = u * total;
+    let mut acc = 0.0f64;
+    for (&(id, _), &w) in pairs.iter().zip(weights.iter()).take(keep) {
+        acc += w as f64;
+        if target < acc {
+            return id;
+        }
+    }
+    pairs
+        .get(keep.saturating_sub(1))
+        .map_or(first_max, |&(id, _)| id)
+}
+
+/// Sorts the head of `pairs` (by rank) until it holds the tokens to keep: the
+/// shortest prefix whose weight reaches `target`, cut further where a weight
+/// falls below `min_p`. Grows the sorted head adaptively (64, 256, ...) with
+/// partial selection, so a peaked distribution never sorts the whole set.
+/// Leaves the kept tokens' weights in `weights` and returns how many.
+fn sorted_head(
+    pairs: &mut [(u32, f32)],
+    weights: &mut Vec<f32>,
+    m: f32,
+    inv_t: f32,
+    target: f64,
+    min_p: f32,
+) -> usize {
+    let n = pairs.len();
+    weights.clear();
+    let mut done = 0;
+    let mut h = n.min(64);
+    let mut acc = 0.0f64;
+    while done < n {
+        if h < n {
+            if let Some(rest) = pairs.get_mut(done..) {
+                rest.select_nth_unstable_by(h - done - 1, by_rank);
+            }
+        }
+        if let Some(head) = pairs.get_mut(done..h) {
+            head.sort_unstable_by(by_rank);
+            for (i, &(_, x)) in head.iter().enumerate() {
+                let w = weight(x, m, inv_t, 0.0);
+                if !(w >= min_p && w > 0.0) {
+                    return (done + i).max(1).min(weights.len().max(1));
+                }
+                weights.push(w);
+                acc += w as f64;
+                if acc >= target {
+                    return done + i + 1;
+                }
+            }
+        }
+        done = h;
+        h = (h * 4).min(n);
+    }
+    weights.len()
+}
+
+// --- vectorisable kernels -------------------------------------------------
+
+const LANES: usize = 16;
+/// Below this exponent `fast_exp` returns 0 (the result would be subnormal).
+const EXP_MIN: f32 = -87.0;
+
+/// e^a for a <= 0, within a few ulp; 0 for a < -87 and for NaN. Only +, *, and
+/// bit operations: the same result on every CPU, and it vectorises.
+#[inline(always)]
+fn fast_exp(a: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = a.clamp(EXP_MIN, 0.0);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
+    let r = x - n * C1 - n * C2;
+    let mut y = 1.987_569_1e-4f32;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 5.000_000_1e-1;
+    y = y * (r * r) + r + 1.0;
+    let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    if a >= EXP_MIN {
+        y * scale
+    } else {
+        0.0
+    }
+}
+
+/// Relative probability of logit `x` (1 for the top logit `m`), 0 below `floor`.
+#[inline(always)]
+fn weight(x: f32, m: f32, inv_t: f32, floor: f32) -> f32 {
+    let w = fast_exp((x - m) * inv_t);
+    if w >= floor {
+        w
+    } else {
+        0.0
+    }
+}
+
+#[inline(always)]
+fn chunk_weights(c: &[f32], m: f32, inv_t: f32, floor: f32) -> [f32; LANES] {
+    let mut w = [0.0f32; LANES];
+    if let Ok(c) = <&[f32; LANES]>::try_from(c) {
+        for j in 0..LANES {
+            w[j] = weight(c[j], m, inv_t, floor);
+        }
+    } else {
+        for (wj, &x) in w.iter_mut().zip(c) {
+            *wj = weight(x, m, inv_t, floor);
+        }
+    }
+    w
+}
+
+#[inline(always)]
+fn tree_sum(w: [f32; LANES]) -> f32 {
+    let mut s8 = [0.0f32; 8];
+    for j in 0..8 {
+        s8[j] = w[j] + w[j + 8];
+    }
+    let mut s4 = [0.0f32; 4];
+    for j in 0..4 {
+        s4[j] = s8[j] + s8[j + 4];
+    }
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// Largest value, NaN ignored; -inf for none.
+fn max_value(l: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = l.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &x in acc.iter().chain(chunks.remainder()) {
+        if x > m {
+            m = x;
+        }
+    }
+    m
+}
+
+// --- per-thread scratch ---------------------------------------------------
+
+#[derive(Default)]
+struct Scratch {
+    pairs: Vec<(u32, f32)>,
+    weights: Vec<f32>,
+    /// All zero between calls.
+    counts: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers (a fresh set if they are in use
+/// or the thread is shutting down).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    let r = f(&mut s);
+    let _ = SCRATCH.try_with(|c| c.set(s));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn temp(t: f32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: t,
+            seed,
+            ..Default::default()
+        }
+    }
+
+    fn log_softmax(l: &[f32]) -> Vec<f64> {
+        let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let s: f64 = l.iter().map(|&x| (x as f64 - m).exp()).sum();
+        l.iter().map(|&x| x as f64 - m - s.ln()).collect()
+    }
+
+    fn softmax(l: &[f32], t: f32) -> Vec<f64> {
+        let z: Vec<f32> = l.iter().map(|&x| x / t).collect();
+        log_softmax(&z).into_iter().map(f64::exp).collect()
+    }
+
+    /// A fixed pseudo-random vocabulary of logits.
+    fn random_logits(v: usize, seed: u64, scale: f32) -> Vec<f32> {
+        (0..v)
+            .map(|i| (uniform(seed, i as u64) as f32 - 0.5) * scale)
+            .collect()
+    }
+
+    fn counts_of(logits: &[f32], p: &SamplingParams, draws: u64, v: usize) -> Vec<u64> {
+        let mut c = vec![0u64; v];
+        for i in 0..draws {
+            let mut l = logits.to_vec();
+            let t = sample_token(&mut l, p, &[], &[], &[], p.seed, i).token;
+            c[t as usize] += 1;
+        }
+        c
+    }
+
+    fn chi_square(counts: &[u64], probs: &[f64]) -> f64 {
+        let n: u64 = counts.iter().sum();
+        counts
+            .iter()
+            .zip(probs)
+            .filter(|(_, &p)| p > 0.0)
+            .map(|(&c, &p)| {
+                let e = p * n as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum()
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let a = -87.0 * i as f32 / 200_000.0;
+            let want = (a as f64).exp();
+            let got = fast_exp(a) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "{worst}");
+        assert_eq!(fast_exp(0.0), 1.0);
+        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(fast_exp(-100.0), 0.0);
+        assert_eq!(fast_exp(f32::NAN), 0.0);
+    }
+
     #[test]
     fn greedy_is_argmax_and_seeded_draws_repeat() {
         let logits = [0.1, 2.0, 1.9, -1.0];
         assert_eq!(sample(&logits, &SamplingParams::default(), 0), 1);
-        let p = SamplingParams {
-            temperature: 1.0,
-            seed: 7,
-            ..Default::default()
-        };
+        let p = temp(1.0, 7);
         let a: Vec<u32> = (0..50).map(|i| sample(&logits, &p, i)).collect();
         let b: Vec<u32> = (0..50).map(|i| sample(&logits, &p, i)).collect();
         assert_eq!(a, b);
@@ -143,26 +833,727 @@ mod tests {
     }
 
     #[test]
-    fn top_k_one_is_greedy() {
-        let logits = [0.1, 2.0, 1.9, -1.0];
+    fn argmax_ties_nan_and_long_vectors() {
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN, 1.0]), 1);
+        let mut l = random_logits(49_152, 3, 10.0);
+        l[40_001] = 50.0;
+        l[40_007] = 50.0;
+        assert_eq!(argmax(&l), 40_001);
+        let naive =
+            l.iter().enumerate().fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            );
+        assert_eq!(argmax(&l) as usize, naive.0);
+        let mut g = l.clone();
+        let t = sample_token(&mut g, &SamplingParams::default(), &[], &[], &[], 0, 0);
+        assert_eq!(t.token, 40_001);
+        assert!(t.logprob.is_nan() && t.top_logprobs.is_empty());
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative() {
         let p = SamplingParams {
-            temperature: 5.0,
-            top_k: 1,
-            seed: 3,
+            repetition_penalty: 2.0,
             ..Default::default()
         };
-        assert!((0..100).all(|i| sample(&logits, &p, i) == 1));
+        let mut l = [2.0f32, -1.0, 0.5, 3.0, 0.0];
+        // Token 0 in the prompt, 1 twice in the output, 4 (zero) in the output,
+        // 99 out of range: ignored.
+        sample_token(&mut l, &p, &[0, 99], &[1, 1, 4], &[], 0, 0);
+        assert_eq!(l, [1.0, -2.0, 0.5, 3.0, 0.0]);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_output_only() {
+        let p = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..Default::default()
+        };
+        let mut l = [1.0f32, 1.0, 1.0, 1.0];
+        sample_token(&mut l, &p, &[3, 3], &[2, 2, 1, 2], &[], 0, 0);
+        // token 2: 1 - 0.5 - 3 * 0.25; token 1: 1 - 0.5 - 0.25; prompt token 3 untouched.
+        assert_eq!(l, [1.0, 0.25, -0.25, 1.0]);
+        // The per-thread counts are left zeroed: a second call gives the same.
+        let mut l2 = [1.0f32, 1.0, 1.0, 1.0];
+        sample_token(&mut l2, &p, &[3, 3], &[2, 2, 1, 2], &[], 0, 0);
+        assert_eq!(l2, l);
+        // Negative penalties encourage repeats.
+        let p = SamplingParams {
+            presence_penalty: -1.0,
+            frequency_penalty: -0.5,
+            ..Default::default()
+        };
+        let mut l = [1.0f32, 1.5];
+        let t = sample_token(&mut l, &p, &[], &[0, 0], &[], 0, 0);
+        assert_eq!((t.token, l), (0, [3.0, 1.5]));
+    }
+
+    #[test]
+    fn penalties_combine_in_order() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            frequency_penalty: 1.0,
+            logit_bias: vec![(0, 0.5), (0, 0.25), (7, 5.0)],
+            ..Default::default()
+        };
+        let mut l = [4.0f32, 1.0];
+        sample_token(&mut l, &p, &[], &[0], &[], 0, 0);
+        // (4 / 2) - 1 * 1 + 0.5 + 0.25; id 7 is out of range and ignored.
+        assert_eq!(l, [1.75, 1.0]);
+    }
+
+    #[test]
+    fn logit_bias_forces_and_bans_tokens() {
+        let logits = [3.0f32, 2.0, 1.0, 0.0];
+        let force = SamplingParams {
+            temperature: 1.0,
+            seed: 5,
+            logit_bias: vec![(3, 100.0)],
+            ..Default::default()
+        };
+        let ban = SamplingParams {
+            logit_bias: vec![(0, -100.0)],
+            ..force.clone()
+        };
+        for i in 0..200 {
+            let mut l = logits;
+            assert_eq!(sample_token(&mut l, &force, &[], &[], &[], 5, i).token, 3);
+            let mut l = logits;
+            assert_ne!(sample_token(&mut l, &ban, &[], &[], &[], 5, i).token, 0);
+            assert_eq!(sample(&logits, &force, i), 3);
+        }
+    }
+
+    #[test]
+    fn min_tokens_masks_eos_and_stop_ids_until_reached() {
+        let logits = [0.0f32, 10.0, 9.0, 1.0];
+        let p = SamplingParams {
+            min_tokens: 2,
+            stop_token_ids: vec![2, 1000],
+            ..Default::default()
+        };
+        let eos = [1u32];
+        let mut l = logits;
+        let t = sample_token(&mut l, &p, &[5], &[3], &eos, 0, 2);
+        assert_eq!(t.token, 3);
+        assert_eq!(l[1], f32::NEG_INFINITY);
+        assert_eq!(l[2], f32::NEG_INFINITY);
+        let mut l = logits;
+        assert_eq!(sample_token(&mut l, &p, &[5], &[3, 3], &eos, 0, 3).token, 1);
+        // ignore_eos: end tokens stay; stop ids are still masked.
+        let p2 = SamplingParams {
+            ignore_eos: true,
+            ..p.clone()
+        };
+        let mut l = logits;
+        assert_eq!(sample_token(&mut l, &p2, &[5], &[3], &eos, 0, 2).token, 1);
+        // Sampling never draws a masked token.
+        let p3 = SamplingParams {
+            temperature: 1.0,
+            ..p.clone()
+        };
+        for i in 0..500 {
+            let mut l = logits;
+            let t = sample_token(&mut l, &p3, &[], &[], &eos, 9, i).token;
+            assert!(t != 1 && t != 2, "{t}");
+        }
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_greedy() {
+        let logits = random_logits(1000, 1, 8.0);
+        let best = argmax(&logits);
+        let k1 = SamplingParams {
+            top_k: 1,
+            ..temp(5.0, 3)
+        };
+        let p_tiny = SamplingParams {
+            top_p: 1e-6,
+            ..temp(5.0, 3)
+        };
+        for i in 0..200 {
+            let mut l = logits.clone();
+            assert_eq!(sample_token(&mut l, &k1, &[], &[], &[], 3, i).token, best);
+            let mut l = logits.clone();
+            assert_eq!(
+                sample_token(&mut l, &p_tiny, &[], &[], &[], 3, i).token,
+                best
+            );
+        }
+        let small = [0.1, 2.0, 1.9, -1.0];
+        assert!((0..100).all(|i| sample(&small, &k1, i) == 1));
+    }
+
+    #[test]
+    fn min_p_drops_unlikely_tokens() {
+        // probabilities 0.5, 0.3, 0.15, 0.05; min_p 0.35 keeps p >= 0.175.
+        let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let p = SamplingParams {
+            min_p: 0.35,
+            ..temp(1.0, 21)
+        };
+        let c = counts_of(&logits, &p, 20_000, 4);
+        assert_eq!((c[2], c[3]), (0, 0), "{c:?}");
+        assert!(chi_square(&c[..2], &[0.625, 0.375]) < 13.8, "{c:?}");
+        // Together with top-k (large) and top-p (1): the same set.
+        let p2 = SamplingParams {
+            top_k: 3,
+            ..p.clone()
+        };
+        let c2 = counts_of(&logits, &p2, 20_000, 4);
+        assert_eq!((c2[2], c2[3]), (0, 0), "{c2:?}");
+    }
+
+    #[test]
+    fn top_k_and_top_p_renormalise_the_head() {
+        let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let k2 = SamplingParams {
+            top_k: 2,
+            ..temp(1.0, 4)
+        };
+        let c = counts_of(&logits, &k2, 20_000, 4);
+        assert_eq!((c[2], c[3]), (0, 0));
+        assert!(chi_square(&c[..2], &[0.625, 0.375]) < 13.8, "{c:?}");
+        // top_p 0.7: 0.5 is not enough, 0.5 + 0.3 is.
+        let p7 = SamplingParams {
+            top_p: 0.7,
+            ..temp(1.0, 4)
+        };
+        let c = counts_of(&logits, &p7, 20_000, 4);
+        assert_eq!((c[2], c[3]), (0, 0));
+        assert!(chi_square(&c[..2], &[0.625, 0.375]) < 13.8, "{c:?}");
+        // top-k first, then top-p over the renormalised top-k: with k = 3 the
+        // head is 0.5/0.95, 0.3/0.95, 0.15/0.95; top_p 0.8 needs all three.
+        let kp = SamplingParams {
+            top_k: 3,
+            top_p: 0.8,
+            ..temp(1.0, 4)
+        };
+        let c = counts_of(&logits, &kp, 30_000, 4);
+        assert_eq!(c[3], 0);
+        assert!(
+            chi_square(&c[..3], &[0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]) < 16.3,
+            "{c:?}"
+        );
     }
 
     #[test]
     fn frequencies_follow_the_softmax() {
         let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4, 3/4
-        let p = SamplingParams {
-            temperature: 1.0,
-            seed: 11,
-            ..Default::default()
-        };
+        let p = temp(1.0, 11);
         let ones = (0..20000).filter(|&i| sample(&logits, &p, i) == 1).count() as f64 / 20000.0;
         assert!((ones - 0.75).abs() < 0.02, "{ones}");
+        // Chi-square against softmax(logits / T) over 12 tokens, vocab not a
+        // multiple of the lane width; df = 11, p = 0.001 -> 31.3.
+        let logits = random_logits(12, 8, 6.0);
+        for t in [0.5f32, 0.7, 1.0, 1.6] {
+            let p = temp(t, 99);
+            let c = counts_of(&logits, &p, 40_000, 12);
+            let x2 = chi_square(&c, &softmax(&logits, t));
+            assert!(x2 < 31.3, "T={t}: chi2 {x2} {c:?}");
+        }
+    }
+
+    /// The reference: full stable sort, then the same weights and draw.
+    fn reference_draw(l: &[f32], p: &SamplingParams, u: f64) -> u32 {
+        let m = max_value(l);
+        let inv_t = 1.0 / p.temperature;
+        let mut c: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+        c.sort_by(by_rank);
+        if p.top_k > 0 {
+            c.truncate(p.top_k);
+        }
+        let w: Vec<f32> = c.iter().map(|&(_, x)| weight(x, m, inv_t, 0.0)).collect();
+        let z: f64 = w.iter().map(|&x| x as f64).sum();
+        let mut keep = 0;
+        let mut acc = 0.0;
+        for &x in &w {
+            if !(x >= p.min_p && x > 0.0) {
+                break;
+            }
+            keep += 1;
+            acc += x as f64;
+            if p.top_p < 1.0 && acc >= p.top_p as f64 * z {
+                break;
+            }
+        }
+        let total: f64 = w[..keep].iter().map(|&x| x as f64).sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        for i in 0..keep {
+            acc += w[i] as f64;
+            if target < acc {
+                return c[i].0;
+            }
+        }
+        c[keep - 1].0
+    }
+
+    #[test]
+    fn partial_selection_matches_a_full_sort() {
+        let logits = random_logits(49_152, 17, 20.0);
+        let cases = [
+            (0.8f32, 0usize, 0.9f32, 0.0f32),
+            (1.0, 0, 0.95, 0.0),
+            (1.0, 50, 1.0, 0.0),
+            (1.3, 40, 0.9, 0.0),
+            (1.0, 0, 1.0, 0.01),
+            (0.7, 200, 0.98, 0.001),
+            (2.0, 0, 0.5, 0.05),
+        ];
+        for (t, k, tp, mp) in cases {
+            let p = SamplingParams {
+                top_k: k,
+                top_p: tp,
+                min_p: mp,
+                ..temp(t, 1234)
+            };
+            let mut agree = 0;
+            for i in 0..100 {
+                let got = sample(&logits, &p, i);
+                let want = reference_draw(&logits, &p, uniform(1234, i));
+                if k == 0 && tp == 1.0 {
+                    // Id-order draw: compare the chosen set instead.
+                    let w = weight(logits[got as usize], max_value(&logits), 1.0 / t, 0.0);
+                    assert!(w >= mp, "min_p violated");
+                    agree += 1;
+                } else if got == want {
+                    agree += 1;
+                }
+            }
+            // Only float rounding at the nucleus edge may differ.
+            assert!(agree >= 99, "T={t} k={k} p={tp} min_p={mp}: {agree}/100");
+        }
+    }
+
+    #[test]
+    fn same_seed_and_position_give_the_same_token_in_any_order() {
+        let logits = random_logits(5000, 2, 10.0);
+        let ps = [
+            temp(1.0, 77),
+            SamplingParams {
+                top_p: 0.9,
+                ..temp(0.8, 77)
+            },
+            SamplingParams {
+                top_k: 30,
+                min_p: 0.01,
+                ..temp(1.2, 77)
+            },
+        ];
+        for p in &ps {
+            let fwd: Vec<u32> = (0..300).map(|i| sample(&logits, p, i)).collect();
+            let mut back = vec![0u32; 300];
+            for i in (0..300).rev() {
+                // Interleave other work that uses the per-thread scratch.
+                let other = random_logits(70_000 + i as usize, 5, 3.0);
+                sample(&other, &ps[1], i as u64);
+                back[i] = sample(&logits, p, i as u64);
+            }
+            assert_eq!(fwd, back);
+            // The seed argument of sample_token, not p.seed, drives the draw.
+            let other_seed = SamplingParams {
+                seed: 1,
+                ..p.clone()
+            };
+            for i in 0..50u64 {
+                let mut l = logits.clone();
+                let t = sample_token(&mut l, &other_seed, &[], &[], &[], 77, i).token;
+                assert_eq!(t, fwd[i as usize]);
+            }
+            // On another thread (fresh scratch) too.
+            let (l2, p2) = (logits.clone(), p.clone());
+            let th = std::thread::spawn(move || {
+                (0..300).map(|i| sample(&l2, &p2, i)).collect::<Vec<_>>()
+            });
+            assert_eq!(th.join().ok(), Some(fwd));
+        }
+        assert_ne!(choice_seed(5, 0), choice_seed(5, 1));
+        assert_eq!(choice_seed(5, 0), 5);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_of_the_raw_logits() {
+        let raw = random_logits(49_157, 4, 30.0);
+        let want = log_softmax(&raw);
+        let p = SamplingParams {
+            logprobs: Some(5),
+            repetition_penalty: 1.3,
+            frequency_penalty: 0.7,
+            logit_bias: vec![(11, 40.0)],
+            ..temp(0.9, 8)
+        };
+        for i in 0..20 {
+            let mut l = raw.clone();
+            let t = sample_token(&mut l, &p, &[11, 12], &[13, 11, 11], &[], 8, i);
+            assert!(
+                (t.logprob as f64 - want[t.token as usize]).abs() < 1e-5,
+                "{} vs {}",
+                t.logprob,
+                want[t.token as usize]
+            );
+            assert_eq!(t.top_logprobs.len(), 5);
+            let mut order: Vec<usize> = (0..raw.len()).collect();
+            order.sort_by(|&a, &b| raw[b].total_cmp(&raw[a]).then(a.cmp(&b)));
+            for (k, &(id, lp)) in t.top_logprobs.iter().enumerate() {
+                assert_eq!(id as usize, order[k]);
+                assert!((lp as f64 - want[id as usize]).abs() < 1e-5);
+            }
+            assert!(t.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+        // Greedy with logprobs: 0 alternatives, and ties order by id.
+        let p = SamplingParams {
+            logprobs: Some(0),
+            ..Default::default()
+        };
+        let mut l = vec![1.0f32, 2.0, 2.0, f32::NEG_INFINITY];
+        let t = sample_token(&mut l, &p, &[], &[], &[], 0, 0);
+        let want = log_softmax(&[1.0, 2.0, 2.0, f32::NEG_INFINITY]);
+        assert_eq!(t.token, 1);
+        assert!((t.logprob as f64 - want[1]).abs() < 1e-6);
+        assert!(t.top_logprobs.is_empty());
+        let p = SamplingParams {
+            logprobs: Some(20),
+            ..Default::default()
+        };
+        let mut l = vec![1.0f32, 2.0, 2.0, f32::NEG_INFINITY];
+        let t = sample_token(&mut l, &p, &[], &[], &[], 0, 0);
+        let ids: Vec<u32> = t.top_logprobs.iter().map(|e| e.0).collect();
+        assert_eq!(ids, [1, 2, 0, 3]);
+        assert_eq!(t.top_logprobs[3].1, f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn degenerate_inputs_do_not_panic() {
+        let p = SamplingParams {
+            logprobs: Some(3),
+            top_k: 2,
+            top_p: 0.5,
+            min_p: 0.5,
+            ..temp(1.0, 0)
+        };
+        let t = sample_token(&mut [], &p, &[1], &[2], &[3], 0, 0);
+        assert_eq!(t.token, 0);
+        let mut l = [f32::NEG_INFINITY; 5];
+        assert_eq!(sample_token(&mut l, &p, &[], &[], &[], 0, 0).token, 0);
+        let mut l = [f32::NAN, 1.0, f32::NAN];
+        assert_eq!(sample_token(&mut l, &p, &[], &[], &[], 0, 0).token, 1);
+        let mut l = [0.0, f32::INFINITY, 1.0];
+        assert_eq!(sample_token(&mut l, &p, &[], &[], &[], 0, 0).token, 1);
+        // Unvalidated nonsense parameters still pick a token.
+        let weird = SamplingParams {
+            temperature: f32::NAN,
+            top_p: f32::NAN,
+            min_p: 7.0,
+            repetition_penalty: -3.0,
+            presence_penalty: f32::INFINITY,
+            logit_bias: vec![(u32::MAX, 1.0), (0, f32::NAN)],
+            stop_token_ids: vec![u32::MAX],
+            min_tokens: 3,
+            logprobs: Some(usize::MAX),
+            ..Default::default()
+        };
+        let mut l = [0.5f32, 0.25];
+        assert_eq!(
+            sample_token(&mut l, &weird, &[u32::MAX], &[u32::MAX], &[u32::MAX], 0, 0).token,
+            0
+        );
+        let weird = SamplingParams {
+            temperature: 1e30,
+            top_p: -1.0,
+            ..weird
+        };
+        let mut l = [0.5f32, 0.25];
+        assert!(sample_token(&mut l, &weird, &[], &[], &[], 0, 0).token < 2);
+        let weird = SamplingParams {
+            top_k: usize::MAX,
+            top_p: 0.5,
+            ..weird
+        };
+        let mut l = [0.5f32, 0.25];
+        assert!(sample_token(&mut l, &weird, &[], &[], &[], 0, 0).token < 2);
+    }
+
+    #[test]
+    fn validate_rejects_each_bad_value_naming_the_field() {
+        let ok = SamplingParams::default();
+        assert!(ok.validate_params().is_ok());
+        assert!(ok.validate(100, 4096).is_ok());
+        let cases: Vec<(SamplingParams, &str)> = vec![
+            (
+                SamplingParams {
+                    temperature: -0.1,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::INFINITY,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.01,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: f32::NAN,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: -0.01,
+                    ..ok.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: 1.5,
+                    ..ok.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..ok.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: f32::INFINITY,
+                    ..ok.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: 2.5,
+                    ..ok.clone()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: f32::NAN,
+                    ..ok.clone()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -2.1,
+                    ..ok.clone()
+                },
+                "frequency_penalty",
+            ),
+            (SamplingParams { n: 0, ..ok.clone() }, "n must"),
+            (
+                SamplingParams {
+                    n: 65,
+                    ..ok.clone()
+                },
+                "n must",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: 0,
+                    ..ok.clone()
+                },
+                "max_tokens",
+            ),
+            (
+                SamplingParams {
+                    min_tokens: 300,
+                    ..ok.clone()
+                },
+                "min_tokens",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(1, 101.0)],
+                    ..ok.clone()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(1, f32::NAN)],
+                    ..ok.clone()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..ok.clone()
+                },
+                "logprobs",
+            ),
+            (
+                SamplingParams {
+                    stop: vec!["x".into(), String::new()],
+                    ..ok.clone()
+                },
+                "stop",
+            ),
+        ];
+        for (p, field) in &cases {
+            let e = p
+                .validate_params()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(field), "{p:?}: {e:?}");
+            let e = p
+                .validate(100, 4096)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(field), "{p:?}: {e:?}");
+            assert!(e.contains('['), "range missing in {e:?}");
+        }
+        let vocab_cases: Vec<(SamplingParams, &str)> = vec![
+            (
+                SamplingParams {
+                    logit_bias: vec![(100, 1.0)],
+                    ..ok.clone()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    stop_token_ids: vec![5, 100],
+                    ..ok.clone()
+                },
+                "stop_token_ids",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: 5000,
+                    ..ok.clone()
+                },
+                "max_tokens",
+            ),
+        ];
+        for (p, field) in &vocab_cases {
+            assert!(p.validate_params().is_ok());
+            let e = p
+                .validate(100, 4096)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(field), "{p:?}: {e:?}");
+        }
+        let good = SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            min_p: 0.05,
+            repetition_penalty: 1.1,
+            presence_penalty: -2.0,
+            frequency_penalty: 2.0,
+            n: 64,
+            logit_bias: vec![(99, -100.0), (0, 100.0)],
+            min_tokens: 256,
+            stop: vec!["\n\n".into()],
+            stop_token_ids: vec![99],
+            logprobs: Some(20),
+            ..ok.clone()
+        };
+        assert!(good.validate(100, 4096).is_ok());
+    }
+
+    /// `cargo test --release -p tessera-core sampler_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn sampler_speed() {
+        let v = 49_152;
+        let seqs = 256;
+        let logits: Vec<Vec<f32>> = (0..seqs)
+            .map(|s| random_logits(v, s as u64, 24.0))
+            .collect();
+        let history: Vec<u32> = (0..1500).map(|i| (i * 37 % v) as u32).collect();
+        let configs = [
+            ("greedy", SamplingParams::default()),
+            ("temperature", temp(0.8, 1)),
+            (
+                "top_p 0.95",
+                SamplingParams {
+                    top_p: 0.95,
+                    ..temp(0.8, 1)
+                },
+            ),
+            (
+                "top_k 50 + top_p 0.9",
+                SamplingParams {
+                    top_k: 50,
+                    top_p: 0.9,
+                    ..temp(0.8, 1)
+                },
+            ),
+            (
+                "min_p 0.05",
+                SamplingParams {
+                    min_p: 0.05,
+                    ..temp(0.8, 1)
+                },
+            ),
+            (
+                "penalties",
+                SamplingParams {
+                    repetition_penalty: 1.1,
+                    frequency_penalty: 0.5,
+                    presence_penalty: 0.5,
+                    ..temp(0.8, 1)
+                },
+            ),
+            (
+                "logprobs 5",
+                SamplingParams {
+                    logprobs: Some(5),
+                    ..temp(0.8, 1)
+                },
+            ),
+        ];
+        let mut buf = vec![0.0f32; v];
+        for (name, p) in &configs {
+            let start = std::time::Instant::now();
+            let mut sink = 0u64;
+            for l in &logits {
+                buf.copy_from_slice(l);
+                sink += sample_token(&mut buf, p, &history[..1000], &history[1000..], &[0], 1, 5)
+                    .token as u64;
+            }
+            let el = start.elapsed();
+            eprintln!("{name:>22}: {:>8.2?} per step of {seqs} x {v} ({sink})", el);
+        }
     }
 }

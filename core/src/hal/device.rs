@@ -14,6 +14,20 @@ pub trait Device: Send + Sync {
     fn alloc(&self, bytes: usize) -> Result<Buffer>;
     fn upload(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()>;
     fn download(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()>;
+    /// Copies `bytes` bytes between (or within) buffers of this device. The
+    /// default goes through the host; backends override it with a device copy.
+    fn copy(
+        &self,
+        src: &Buffer,
+        src_offset: usize,
+        dst: &Buffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let mut tmp = vec![0u8; bytes];
+        self.download(src, src_offset, &mut tmp)?;
+        self.upload(dst, dst_offset, &tmp)
+    }
     /// Waits until all queued work is done. Eager host backends are always done.
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -64,4 +78,7 @@ pub struct Capabilities {
     pub graph_capture: bool,
     /// True when compiling is cheap and shapes need no padding to buckets.
     pub exact_shapes: bool,
+    /// Device memory is the host's RAM (cpu): the KV cache default is a fixed
+    /// size rather than a fraction of what is free.
+    pub host_memory: bool,
 }

@@ -4,6 +4,7 @@
 use crate::{Error, Result};
 use std::path::Path;
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Prepend `bos` to prompts (Llama 2/3 do; SmolLM and Qwen do not).

@@ -1,0 +1,377 @@
+//! Engine invariants on the cpu backend: batching, chunking, prefix caching,
+//! preemption and seeds never change what a request gets; n > 1 shares the
+//! prompt's blocks; block accounting balances under random traffic; bad requests
+//! are refused with a typed error while the engine keeps serving.
+
+use std::collections::HashMap;
+use tessera_conformance::{fixtures_dir, runner};
+use tessera_core::engine::{
+    sample_seed, Engine, EngineConfig, FinishReason, RequestOutput, SamplingParams,
+};
+use tessera_core::model::{self, ModelSource};
+use tessera_core::{DType, Error};
+
+use tessera_cpu as _;
+
+fn tiny() -> ModelSource {
+    model::open(
+        fixtures_dir()
+            .join("tiny/qwen2_bias")
+            .to_str()
+            .expect("utf-8"),
+    )
+    .expect("fixture")
+}
+
+fn engine(
+    src: &ModelSource,
+    blocks: usize,
+    block_size: usize,
+    max_seqs: usize,
+    max_tokens_step: usize,
+) -> Engine {
+    let r = runner(src, "cpu", DType::F32, blocks * block_size, block_size).expect("runner");
+    let cfg = EngineConfig {
+        max_num_seqs: max_seqs,
+        max_num_batched_tokens: max_tokens_step,
+        max_model_len: 2048,
+        prefix_caching: true,
+    };
+    Engine::new(r, None, cfg).expect("engine")
+}
+
+fn prompt(seed: u64, len: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| (tessera_core::model::random::splitmix64(seed * 1000 + i as u64) % 256) as u32)
+        .collect()
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+fn seeded(max_tokens: usize, seed: u64) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        temperature: 1.0,
+        seed,
+        ..Default::default()
+    }
+}
+
+/// Runs to completion; tokens per (request, sample), checking each sample finishes once.
+fn drain(e: &mut Engine) -> HashMap<(String, usize), Vec<u32>> {
+    let mut out: HashMap<(String, usize), Vec<u32>> = HashMap::new();
+    let mut finished: HashMap<(String, usize), usize> = HashMap::new();
+    let mut guard = 0;
+    while e.has_work() {
+        guard += 1;
+        assert!(guard < 100_000, "engine did not finish");
+        for o in e.step().expect("step") {
+            collect(&mut out, &mut finished, o);
+        }
+        e.check_blocks().expect("block invariants");
+    }
+    assert!(
+        finished.values().all(|&n| n == 1),
+        "a sample finished twice: {finished:?}"
+    );
+    assert_eq!(
+        e.block_stats().used,
+        0,
+        "blocks still held after every request finished"
+    );
+    out
+}
+
+fn collect(
+    out: &mut HashMap<(String, usize), Vec<u32>>,
+    fin: &mut HashMap<(String, usize), usize>,
+    o: RequestOutput,
+) {
+    let key = (o.request_id.clone(), o.index);
+    out.entry(key.clone()).or_default().extend(&o.token_ids);
+    if o.finish_reason.is_some() {
+        *fin.entry(key).or_default() += 1;
+    }
+}
+
+fn alone(src: &ModelSource, p: &[u32], params: SamplingParams) -> Vec<u32> {
+    let mut e = engine(src, 64, 4, 8, 64);
+    e.add_request("alone", p.to_vec(), params, 0).expect("add");
+    drain(&mut e)
+        .remove(&("alone".to_string(), 0))
+        .expect("output")
+}
+
+#[test]
+fn batched_chunked_and_cached_equal_alone() {
+    let src = tiny();
+    let prompts: Vec<Vec<u32>> = (0..5).map(|i| prompt(i, 3 + 7 * i as usize)).collect();
+    let want: Vec<Vec<u32>> = prompts.iter().map(|p| alone(&src, p, greedy(12))).collect();
+    // Batched, with a 6-token step budget: prompts are chunked and mix with decodes.
+    for budget in [6usize, 64] {
+        let mut e = engine(&src, 64, 4, 8, budget);
+        for (i, p) in prompts.iter().enumerate() {
+            e.add_request(&format!("r{i}"), p.clone(), greedy(12), 0)
+                .expect("add");
+        }
+        let got = drain(&mut e);
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(
+                &got[&(format!("r{i}"), 0)],
+                w,
+                "request {i} with budget {budget}"
+            );
+        }
+    }
+    // Prefix hit: the same prompts again on a warm engine reuse cached blocks.
+    let mut e = engine(&src, 64, 4, 8, 64);
+    e.add_request("cold", prompts[4].clone(), greedy(12), 0)
+        .expect("add");
+    let cold = drain(&mut e);
+    let hits_before = e.block_stats().prefix_hits;
+    e.add_request("warm", prompts[4].clone(), greedy(12), 0)
+        .expect("add");
+    let warm = drain(&mut e);
+    assert!(
+        e.block_stats().prefix_hits > hits_before,
+        "the second run should hit the prefix cache"
+    );
+    assert_eq!(warm[&("warm".into(), 0)], cold[&("cold".into(), 0)]);
+    assert_eq!(cold[&("cold".into(), 0)], want[4]);
+}
+
+#[test]
+fn preempted_equals_uninterrupted_and_seeds_ignore_the_batch() {
+    let src = tiny();
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(10 + i, 9 + 3 * i as usize)).collect();
+    let want: Vec<Vec<u32>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| alone(&src, p, seeded(20, 7 + i as u64)))
+        .collect();
+    // 14 blocks of 4 tokens: not enough for all four sequences at full length (48 tokens
+    // = 12+ blocks each), so the newest are preempted and recomputed.
+    let mut e = engine(&src, 14, 4, 8, 64);
+    for (i, p) in prompts.iter().enumerate() {
+        e.add_request(&format!("r{i}"), p.clone(), seeded(20, 7 + i as u64), 0)
+            .expect("add");
+    }
+    let got = drain(&mut e);
+    assert!(e.preemptions > 0, "the tiny pool should force preemption");
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(&got[&(format!("r{i}"), 0)], w, "request {i}");
+    }
+}
+
+#[test]
+fn n_samples_share_prompt_blocks_and_match_single_runs() {
+    let src = tiny();
+    let p = prompt(99, 18); // 4 full blocks of 4 + a partial one
+    let mut e = engine(&src, 64, 4, 8, 64);
+    let params = SamplingParams {
+        n: 2,
+        ..seeded(6, 5)
+    };
+    e.add_request("pair", p.clone(), params, 0).expect("add");
+    let mut out = HashMap::new();
+    let mut fin = HashMap::new();
+    for o in e.step().expect("prefill step") {
+        collect(&mut out, &mut fin, o);
+    }
+    // After the prefill both samples exist and share all 5 prompt blocks.
+    assert_eq!(
+        e.block_stats().used,
+        5,
+        "forked samples share the prompt's blocks"
+    );
+    for o in e.step().expect("decode step") {
+        collect(&mut out, &mut fin, o);
+    }
+    // Both wrote into the shared partial block: one copy-on-write, one more block.
+    assert_eq!(e.block_stats().used, 6);
+    while e.has_work() {
+        for o in e.step().expect("step") {
+            collect(&mut out, &mut fin, o);
+        }
+    }
+    assert_eq!(e.block_stats().used, 0);
+    let (a, b) = (
+        &out[&("pair".to_string(), 0)],
+        &out[&("pair".to_string(), 1)],
+    );
+    assert_eq!(
+        a,
+        &alone(&src, &p, seeded(6, 5)),
+        "sample 0 = the request alone with its seed"
+    );
+    assert_eq!(
+        b,
+        &alone(&src, &p, seeded(6, sample_seed(5, 1))),
+        "sample 1 = alone with its derived seed"
+    );
+    assert_ne!(a, b, "two samples at temperature 1 should differ");
+}
+
+#[test]
+fn random_traffic_balances_the_blocks() {
+    let src = tiny();
+    let mut e = engine(&src, 24, 4, 6, 16);
+    let mut rng = 12345u64;
+    let mut next = |m: u64| {
+        rng = tessera_core::model::random::splitmix64(rng);
+        rng % m
+    };
+    let mut live: Vec<String> = vec![];
+    let mut out = HashMap::new();
+    let mut fin = HashMap::new();
+    let mut submitted = 0;
+    let mut expected_samples = HashMap::new();
+    for round in 0..300 {
+        match next(4) {
+            0 | 1 if submitted < 80 => {
+                let id = format!("q{submitted}");
+                submitted += 1;
+                let n = 1 + next(2) as usize;
+                // Shared prefixes on purpose: some prompts extend others.
+                let p = prompt(next(3), 1 + next(20) as usize);
+                let params = SamplingParams {
+                    n,
+                    ..seeded(1 + next(12) as usize, round)
+                };
+                e.add_request(&id, p, params, next(3) as i32).expect("add");
+                expected_samples.insert(id.clone(), n);
+                live.push(id);
+            }
+            2 if !live.is_empty() => {
+                let id = live.swap_remove(next(live.len() as u64) as usize);
+                for o in e.abort(&id) {
+                    collect(&mut out, &mut fin, o);
+                }
+            }
+            _ => {
+                for o in e.step().expect("step") {
+                    collect(&mut out, &mut fin, o);
+                }
+            }
+        }
+        e.check_blocks().expect("block invariants");
+    }
+    for (k, v) in drain(&mut e) {
+        out.entry(k).or_default().extend(v);
+    }
+    assert_eq!(e.block_stats().used, 0);
+    assert_eq!(e.num_requests(), 0, "no request may be left behind");
+    // Every sample of every request that was not aborted before it was forked finished exactly once.
+    assert!(fin.values().all(|&n| n == 1), "{fin:?}");
+    for (id, n) in expected_samples {
+        let done = (0..n)
+            .filter(|i| fin.contains_key(&(id.clone(), *i)))
+            .count();
+        assert!(done >= 1, "request {id} never finished");
+    }
+}
+
+#[test]
+fn refusals_are_typed_and_the_engine_keeps_serving() {
+    let src = tiny();
+    let mut e = engine(&src, 64, 4, 8, 64);
+    e.add_request("ok", prompt(1, 5), greedy(4), 0)
+        .expect("a good request");
+    let bad: Vec<(&str, Vec<u32>, SamplingParams)> = vec![
+        ("too-long", vec![1; 3000], greedy(4)),
+        ("beyond-context", vec![1; 10], greedy(2045)),
+        ("zero-max", vec![1; 3], greedy(0)),
+        (
+            "neg-temp",
+            vec![1; 3],
+            SamplingParams {
+                temperature: -0.5,
+                ..greedy(4)
+            },
+        ),
+        (
+            "top-p",
+            vec![1; 3],
+            SamplingParams {
+                top_p: 1.5,
+                ..greedy(4)
+            },
+        ),
+        (
+            "bias-oov",
+            vec![1; 3],
+            SamplingParams {
+                logit_bias: vec![(999, 1.0)],
+                ..greedy(4)
+            },
+        ),
+        (
+            "stop-oov",
+            vec![1; 3],
+            SamplingParams {
+                stop_token_ids: vec![256],
+                ..greedy(4)
+            },
+        ),
+        ("prompt-oov", vec![1, 300], greedy(4)),
+        ("ok", vec![1; 3], greedy(4)),
+        ("pool", vec![1; 3], greedy(300)),
+    ];
+    for (id, p, params) in bad {
+        match e.add_request(id, p, params, 0) {
+            Err(Error::Request(msg)) => assert!(!msg.is_empty()),
+            other => panic!("{id}: expected a request error, got {other:?}"),
+        }
+    }
+    let out = drain(&mut e);
+    assert_eq!(out[&("ok".to_string(), 0)].len(), 4);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn default_model_batched_equals_alone() {
+    let src = model::open("default").expect("default model (run scripts/fetch-default-model.sh)");
+    let tok = src.tokenizer.as_ref().expect("tokenizer");
+    let texts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a land far away,",
+    ];
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tok.encode(t, true).expect("encode"))
+        .collect();
+    let make = || {
+        let r = runner(&src, "cpu", DType::F32, 256, 16).expect("runner");
+        Engine::new(
+            r,
+            None,
+            EngineConfig {
+                max_num_batched_tokens: 16,
+                ..Default::default()
+            },
+        )
+        .expect("engine")
+    };
+    let mut together = make();
+    for (i, p) in prompts.iter().enumerate() {
+        together
+            .add_request(&format!("r{i}"), p.clone(), greedy(16), 0)
+            .expect("add");
+    }
+    let got = drain(&mut together);
+    for (i, p) in prompts.iter().enumerate() {
+        let mut e = make();
+        e.add_request("a", p.clone(), greedy(16), 0).expect("add");
+        let want = drain(&mut e).remove(&("a".to_string(), 0)).expect("out");
+        assert_eq!(got[&(format!("r{i}"), 0)], want, "prompt {i}");
+    }
+    let _ = FinishReason::Stop;
+}

@@ -1,0 +1,163 @@
+//! The async edge: the engine runs on its own thread; a cloneable handle submits
+//! requests and receives each one's stream of outputs over tokio channels.
+//! Dropping a request's receiver aborts it and frees its blocks.
+
+use super::engine::{Engine, RequestOutput};
+use super::sampler::SamplingParams;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::mpsc;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+enum Command {
+    Add {
+        id: String,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+        sink: tmpsc::UnboundedSender<RequestOutput>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Abort(String),
+    Shutdown,
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread.
+    pub fn spawn(engine: Engine) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tessera-engine".into())
+            .spawn(move || run(engine, rx))
+            .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;
+        Ok((EngineHandle { tx }, thread))
+    }
+
+    /// Submits a request; the receiver yields its outputs, the last ones with a
+    /// finish reason (one per sample). Refusals come back here as errors.
+    pub async fn submit(
+        &self,
+        id: &str,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<tmpsc::UnboundedReceiver<RequestOutput>> {
+        let (sink, stream) = tmpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Add {
+            id: id.to_string(),
+            prompt,
+            params,
+            priority,
+            sink,
+            reply,
+        };
+        self.tx
+            .send(cmd)
+            .map_err(|_| Error::Request("the engine has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Request("the engine has stopped".into()))??;
+        Ok(stream)
+    }
+
+    pub fn abort(&self, id: &str) {
+        let _ = self.tx.send(Command::Abort(id.to_string()));
+    }
+
+    /// Asks the engine thread to finish; in-flight requests are aborted.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+struct Sink {
+    tx: tmpsc::UnboundedSender<RequestOutput>,
+    /// Samples not finished yet.
+    open: usize,
+}
+
+fn run(mut engine: Engine, rx: mpsc::Receiver<Command>) {
+    let mut sinks: HashMap<String, Sink> = HashMap::new();
+    loop {
+        // Block while idle; otherwise take whatever arrived and keep stepping.
+        let first = if engine.has_work() {
+            match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(Command::Shutdown),
+            }
+        } else {
+            Some(rx.recv().unwrap_or(Command::Shutdown))
+        };
+        let mut next = first;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Add {
+                    id,
+                    prompt,
+                    params,
+                    priority,
+                    sink,
+                    reply,
+                } => {
+                    let n = params.n;
+                    let result = engine.add_request(&id, prompt, params, priority);
+                    if result.is_ok() {
+                        sinks.insert(id, Sink { tx: sink, open: n });
+                    }
+                    let _ = reply.send(result);
+                }
+                Command::Abort(id) => {
+                    deliver(&mut sinks, engine.abort(&id));
+                    sinks.remove(&id);
+                }
+                Command::Shutdown => {
+                    let ids: Vec<String> = sinks.keys().cloned().collect();
+                    for id in ids {
+                        deliver(&mut sinks, engine.abort(&id));
+                    }
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        // Clients that went away: abort their requests now, freeing blocks.
+        let gone: Vec<String> = sinks
+            .iter()
+            .filter(|(_, s)| s.tx.is_closed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            engine.abort(&id);
+            sinks.remove(&id);
+        }
+        if engine.has_work() {
+            match engine.step() {
+                Ok(outputs) => deliver(&mut sinks, outputs),
+                Err(e) => tracing::error!("engine step failed: {e}"),
+            }
+        }
+    }
+}
+
+fn deliver(sinks: &mut HashMap<String, Sink>, outputs: Vec<RequestOutput>) {
+    for o in outputs {
+        let id = o.request_id.clone();
+        let done = o.finish_reason.is_some();
+        if let Some(s) = sinks.get_mut(&id) {
+            let _ = s.tx.send(o);
+            if done {
+                s.open = s.open.saturating_sub(1);
+                if s.open == 0 {
+                    sinks.remove(&id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Decides what runs in each step: which sequences, how many of their tokens,
+//! and who gives up its KV blocks when they run out.
+
+use super::block_manager::{BlockId, BlockManager};
+use super::sequence::{SeqStatus, Sequence};
+use std::collections::{HashMap, VecDeque};
+
+pub type SeqId = u64;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+/// One sequence's share of a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub seq: SeqId,
+    pub num_tokens: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Step {
+    pub scheduled: Vec<Scheduled>,
+    /// Block copies (src, dst) to do before the step runs (copy-on-write).
+    pub copies: Vec<(BlockId, BlockId)>,
+    /// Sequences pushed back to waiting this step (their KV is recomputed later).
+    pub preempted: Vec<SeqId>,
+}
+
+pub struct Scheduler {
+    pub config: SchedulerConfig,
+    pub blocks: BlockManager,
+    pub seqs: HashMap<SeqId, Sequence>,
+    /// Sorted by (priority, arrival) when admitted.
+    waiting: VecDeque<SeqId>,
+    /// In admission order; the last one is the newest.
+    running: Vec<SeqId>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, blocks: BlockManager) -> Self {
+        Scheduler {
+            config,
+            blocks,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: vec![],
+        }
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Queues a sequence (new, or a fork) in priority/arrival order.
+    pub fn add(&mut self, id: SeqId, mut seq: Sequence) {
+        seq.status = SeqStatus::Waiting;
+        let key = seq.order_key();
+        self.seqs.insert(id, seq);
+        self.insert_waiting(id, key);
+    }
+
+    fn insert_waiting(&mut self, id: SeqId, key: (i32, u64)) {
+        let at = self
+            .waiting
+            .iter()
+            .position(|w| self.seqs.get(w).is_some_and(|s| s.order_key() > key));
+        match at {
+            Some(i) => self.waiting.insert(i, id),
+            None => self.waiting.push_back(id),
+        }
+    }
+
+    /// Adds an already-running sequence (a fork sharing its parent's blocks).
+    pub fn add_running(&mut self, id: SeqId, mut seq: Sequence) {
+        seq.status = SeqStatus::Running;
+        self.seqs.insert(id, seq);
+        self.running.push(id);
+    }
+
+    /// Removes a sequence wherever it is and frees its blocks.
+    pub fn remove(&mut self, id: SeqId) -> Option<Sequence> {
+        let mut seq = self.seqs.remove(&id)?;
+        self.waiting.retain(|&w| w != id);
+        self.running.retain(|&r| r != id);
+        self.blocks.free(&seq.block_table);
+        seq.block_table.clear();
+        seq.status = SeqStatus::Finished;
+        Some(seq)
+    }
+
+    /// Policy. There are no prefill or decode phases: every step has a budget of
+    /// `max_num_batched_tokens` tokens, and each scheduled sequence gets
+    /// `min(its pending tokens, what is left of the budget)`, so long prompts are
+    /// chunked and ride along with decodes. Running sequences go first, oldest
+    /// first; each gets the blocks its new tokens need, and when the pool is out,
+    /// the newest running sequence (lowest priority, then latest arrival) is
+    /// preempted: its blocks are freed and it returns to the front of the waiting
+    /// queue to be recomputed. Then, unless someone was preempted this step,
+    /// waiting sequences are admitted in (priority, arrival) order while the
+    /// budget, `max_num_seqs` and the free blocks allow; admission reuses cached
+    /// prefix blocks, and a sequence that does not fit stops admission (FCFS:
+    /// nobody overtakes it). Requests that could never fit are refused before
+    /// they get here.
+    pub fn schedule(&mut self) -> Step {
+        let mut step = Step::default();
+        let mut budget = self.config.max_num_batched_tokens;
+
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let Some(seq) = self.seqs.get(&id) else {
+                self.running.remove(i);
+                continue;
+            };
+            let n = seq.pending().min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let (cur, new_len) = (seq.num_computed, seq.num_computed + n);
+            let mut table = seq.block_table.clone();
+            let grown = self.blocks.grow(&mut table, cur, new_len);
+            match grown {
+                Some(copies) => {
+                    if let Some(s) = self.seqs.get_mut(&id) {
+                        s.block_table = table;
+                    }
+                    step.copies.extend(copies);
+                    step.scheduled.push(Scheduled {
+                        seq: id,
+                        num_tokens: n,
+                    });
+                    budget -= n;
+                    i += 1;
+                }
+                None => {
+                    // Out of blocks: preempt the newest running sequence (maybe this one).
+                    let victim = self.newest_running();
+                    self.preempt(victim);
+                    step.preempted.push(victim);
+                    step.scheduled.retain(|s| s.seq != victim);
+                    if victim == id {
+                        continue; // `running[i]` is now the next sequence
+                    }
+                    // Someone after `i` was preempted; retry this one.
+                }
+            }
+        }
+        // Budget returned by preempted sequences that had been scheduled is not reused
+        // this step: it keeps the policy simple and the step bounded.
+
+        if step.preempted.is_empty() {
+            while budget > 0 && self.running.len() < self.config.max_num_seqs {
+                let Some(&id) = self.waiting.front() else {
+                    break;
+                };
+                let Some(seq) = self.seqs.get(&id) else {
+                    self.waiting.pop_front();
+                    continue;
+                };
+                let Some((table, computed)) = self.blocks.allocate(&seq.tokens) else {
+                    break;
+                };
+                self.waiting.pop_front();
+                let Some(seq) = self.seqs.get_mut(&id) else {
+                    continue;
+                };
+                seq.block_table = table;
+                seq.num_computed = computed;
+                seq.status = SeqStatus::Running;
+                let n = seq.pending().min(budget);
+                step.scheduled.push(Scheduled {
+                    seq: id,
+                    num_tokens: n,
+                });
+                budget -= n;
+                self.running.push(id);
+            }
+        }
+        step
+    }
+
+    fn newest_running(&self) -> SeqId {
+        *self
+            .running
+            .iter()
+            .max_by_key(|id| {
+                self.seqs
+                    .get(id)
+                    .map(|s| s.order_key())
+                    .unwrap_or((i32::MIN, 0))
+            })
+            .unwrap_or(&0)
+    }
+
+    fn preempt(&mut self, id: SeqId) {
+        self.running.retain(|&r| r != id);
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            self.blocks.free(&seq.block_table);
+            seq.block_table.clear();
+            seq.num_computed = 0;
+            seq.status = SeqStatus::Waiting;
+            self.waiting.push_front(id);
+        }
+    }
+}

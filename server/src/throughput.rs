@@ -1,0 +1,205 @@
+//! `tessera bench throughput`: many random requests through the engine at once.
+
+use crate::session::{ModelArgs, Session};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tessera_core::engine::kv_cache::{build_runner, KvBudget};
+use tessera_core::engine::{DeviceModel, Engine, EngineConfig, SamplingParams};
+use tessera_core::model::random::splitmix64;
+
+#[derive(clap::Args)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 64)]
+    num_prompts: usize,
+    #[arg(long, default_value_t = 128)]
+    input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    output_len: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/throughput.json")]
+    json: PathBuf,
+}
+
+/// Engine sizing flags shared by commands that run the engine.
+#[derive(clap::Args, Clone)]
+pub struct EngineArgs {
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Bytes for the KV cache (default: a fraction of free device memory; 4 GiB on the cpu).
+    #[arg(long)]
+    pub kv_cache_memory: Option<usize>,
+    #[arg(long, default_value_t = 0.9)]
+    pub memory_utilization: f32,
+    /// Longest prompt + output served (default: the model's context).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    pub fn build(&self, session: &Session) -> anyhow::Result<Engine> {
+        if !(self.memory_utilization > 0.0 && self.memory_utilization <= 1.0) {
+            anyhow::bail!(
+                "--memory-utilization must be in (0, 1], got {}",
+                self.memory_utilization
+            );
+        }
+        let model = DeviceModel::load(session.device.clone(), &session.source, session.dtype)
+            .with_context(|| format!("loading {}", session.source.name))?;
+        let budget = KvBudget {
+            bytes: self.kv_cache_memory,
+            memory_utilization: self.memory_utilization,
+        };
+        let runner = build_runner(
+            model,
+            session.block_size,
+            self.max_num_batched_tokens,
+            budget,
+        )?;
+        let config = EngineConfig {
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len: self.max_model_len.unwrap_or(usize::MAX),
+            prefix_caching: !self.no_prefix_caching,
+        };
+        let tokenizer = session
+            .source
+            .tokenizer
+            .as_ref()
+            .map(|t| std::sync::Arc::new(t.clone()));
+        Ok(Engine::new(runner, tokenizer, config)?)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    model: String,
+    device: String,
+    num_prompts: usize,
+    input_len: usize,
+    output_len: usize,
+    max_num_seqs: usize,
+    max_num_batched_tokens: usize,
+    elapsed_s: f64,
+    requests_per_s: f64,
+    output_tokens_per_s: f64,
+    total_tokens_per_s: f64,
+    steps: u64,
+    mean_step_ms: f64,
+    p99_step_ms: f64,
+    /// Scheduler + sampling/postprocessing share of the step time, all steps.
+    overhead_share: f64,
+    /// The same over steps that ran `max_num_seqs` sequences (None if none did).
+    overhead_share_full_batch: Option<f64>,
+}
+
+pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
+    if a.num_prompts == 0 || a.input_len == 0 || a.output_len == 0 {
+        anyhow::bail!("--num-prompts, --input-len and --output-len must be positive");
+    }
+    let session = Session::open(&a.model)?;
+    let mut engine = a.engine.build(&session)?;
+    let vocab = session.source.config.vocab_size as u64;
+    for i in 0..a.num_prompts {
+        let prompt: Vec<u32> = (0..a.input_len)
+            .map(|j| (splitmix64(((i as u64) << 32) | j as u64) % vocab) as u32)
+            .collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            max_tokens: a.output_len,
+            ignore_eos: true,
+            seed: i as u64,
+            ..Default::default()
+        };
+        engine.add_request(&format!("bench-{i}"), prompt, params, 0)?;
+    }
+    let start = Instant::now();
+    let mut step_ms = vec![];
+    let mut output_tokens = 0usize;
+    let (mut full_total, mut full_over) = (Duration::ZERO, Duration::ZERO);
+    while engine.has_work() {
+        let before = engine.times;
+        let running = engine.num_running();
+        let t = Instant::now();
+        for o in engine.step()? {
+            output_tokens += o.token_ids.len();
+        }
+        let dt = t.elapsed();
+        step_ms.push(dt.as_secs_f64() * 1e3);
+        let after = engine.times;
+        if running.max(engine.num_running()) >= a.engine.max_num_seqs {
+            full_total += dt;
+            full_over +=
+                (after.schedule - before.schedule) + (after.postprocess - before.postprocess);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let times = engine.times;
+    let total = times.schedule + times.execute + times.postprocess;
+    step_ms.sort_by(|x, y| x.total_cmp(y));
+    let p99 = step_ms
+        .get(((step_ms.len() as f64 * 0.99) as usize).min(step_ms.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
+    let report = Report {
+        model: a.model.model.clone(),
+        device: session.device.name(),
+        num_prompts: a.num_prompts,
+        input_len: a.input_len,
+        output_len: a.output_len,
+        max_num_seqs: a.engine.max_num_seqs,
+        max_num_batched_tokens: a.engine.max_num_batched_tokens,
+        elapsed_s: elapsed,
+        requests_per_s: a.num_prompts as f64 / elapsed,
+        output_tokens_per_s: output_tokens as f64 / elapsed,
+        total_tokens_per_s: (output_tokens + a.num_prompts * a.input_len) as f64 / elapsed,
+        steps: times.steps,
+        mean_step_ms: step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64,
+        p99_step_ms: p99,
+        overhead_share: (times.schedule + times.postprocess).as_secs_f64()
+            / total.as_secs_f64().max(1e-12),
+        overhead_share_full_batch: (full_total > Duration::ZERO)
+            .then(|| full_over.as_secs_f64() / full_total.as_secs_f64()),
+    };
+    println!(
+        "{} prompts x ({} in, {} out) on {} with max {} seqs / {} batched tokens",
+        a.num_prompts,
+        a.input_len,
+        a.output_len,
+        report.device,
+        report.max_num_seqs,
+        report.max_num_batched_tokens
+    );
+    println!("{:<34} {:>12}", "metric", "value");
+    let rows = [
+        ("elapsed (s)", report.elapsed_s),
+        ("requests/s", report.requests_per_s),
+        ("output tokens/s", report.output_tokens_per_s),
+        ("total tokens/s", report.total_tokens_per_s),
+        ("steps", report.steps as f64),
+        ("mean step (ms)", report.mean_step_ms),
+        ("p99 step (ms)", report.p99_step_ms),
+        ("scheduler+sampler share (%)", 100.0 * report.overhead_share),
+    ];
+    for (k, v) in rows {
+        println!("{k:<34} {v:>12.2}");
+    }
+    if let Some(s) = report.overhead_share_full_batch {
+        println!("{:<34} {:>12.2}", "  at a full batch (%)", 100.0 * s);
+    }
+    if let Some(dir) = a.json.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", a.json.display()))?;
+    println!("wrote {}", a.json.display());
+    Ok(())
+}
