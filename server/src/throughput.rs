@@ -62,6 +62,7 @@ impl EngineArgs {
             model,
             session.block_size,
             self.max_num_batched_tokens,
+            self.max_num_seqs,
             budget,
         )?;
         let config = EngineConfig {

@@ -70,12 +70,14 @@ pub struct KvBudget {
 pub const HOST_KV_DEFAULT_BYTES: usize = 4 << 30;
 
 /// Sizes the KV pool after a profiling step: runs the largest step the engine
-/// will run (`max_step_tokens` tokens) with a small cache so activations are
-/// allocated, then gives the cache what the budget leaves. Returns the runner.
+/// will run (`max_step_tokens` tokens spread over up to `max_seqs` sequences, so
+/// the logits of every sequence are there too) with a small cache so activations
+/// are allocated, then gives the cache what the budget leaves.
 pub fn build_runner(
     model: super::DeviceModel,
     block_size: usize,
     max_step_tokens: usize,
+    max_seqs: usize,
     budget: KvBudget,
 ) -> Result<super::Runner> {
     let cfg = model.config.clone();
@@ -83,30 +85,29 @@ pub fn build_runner(
     let caps = device.capabilities();
     let dtype = model.dtypes.kv;
     let per_block = KvCache::bytes_per_token(&cfg, dtype) * block_size;
-    let probe_blocks = max_step_tokens.div_ceil(block_size).max(1);
 
-    // Profiling pass.
-    let probe = KvCache::new(
-        device.as_ref(),
-        &cfg,
-        dtype,
-        KvShape {
-            num_blocks: probe_blocks,
-            block_size,
-        },
-    )?;
-    let mut runner = super::Runner::new(model, probe);
+    // Profiling pass: short sequences keep it quick (attention is quadratic).
     let n = max_step_tokens.min(cfg.max_position_embeddings).max(1);
-    let positions: Vec<u32> = (0..n as u32).collect();
-    runner.step(&super::StepBatch {
-        tokens: vec![0; n],
-        slots: positions.clone(),
-        positions,
-        query_start_loc: vec![0, n as u32],
-        seq_lens: vec![n as u32],
-        block_tables: vec![(0..n.div_ceil(block_size) as u32).collect()],
-        all_logits: false,
-    })?;
+    let seqs = max_seqs.clamp(1, n);
+    let mut batch = super::StepBatch { query_start_loc: vec![0], ..Default::default() };
+    let mut next_block = 0u32;
+    for i in 0..seqs {
+        let len = n / seqs + usize::from(i < n % seqs);
+        let blocks = len.div_ceil(block_size) as u32;
+        let table: Vec<u32> = (next_block..next_block + blocks).collect();
+        for pos in 0..len {
+            batch.tokens.push(0);
+            batch.positions.push(pos as u32);
+            batch.slots.push(table[pos / block_size] * block_size as u32 + (pos % block_size) as u32);
+        }
+        batch.query_start_loc.push(batch.tokens.len() as u32);
+        batch.seq_lens.push(len as u32);
+        batch.block_tables.push(table);
+        next_block += blocks;
+    }
+    let probe = KvCache::new(device.as_ref(), &cfg, dtype, KvShape { num_blocks: next_block.max(1) as usize, block_size })?;
+    let mut runner = super::Runner::new(model, probe);
+    runner.step(&batch)?;
     let mem = device.memory_info()?;
 
     let bytes = match budget.bytes {

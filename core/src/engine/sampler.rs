@@ -104,7 +104,7 @@ impl SamplingParams {
     pub fn validate_params(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!(
-                "temperature must be a finite number >= 0, got {}",
+                "temperature must be in [0, inf) and finite, got {}",
                 self.temperature
             ));
         }
@@ -116,7 +116,7 @@ impl SamplingParams {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad(format!(
-                "repetition_penalty must be a finite number > 0 (1 = off), got {}",
+                "repetition_penalty must be in (0, inf) and finite (1 = off), got {}",
                 self.repetition_penalty
             ));
         }
@@ -137,7 +137,7 @@ impl SamplingParams {
             return bad(format!("n must be in [1, {MAX_N}], got {}", self.n));
         }
         if self.max_tokens == 0 {
-            return bad("max_tokens must be at least 1, got 0".into());
+            return bad("max_tokens must be in [1, context length], got 0".into());
         }
         if self.min_tokens > self.max_tokens {
             return bad(format!(
@@ -221,11 +221,7 @@ pub fn uniform(seed: u64, position: u64) -> f64 {
 /// Index of the largest logit (the first on ties; NaN never wins; 0 when none
 /// is above -inf).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let m = max_value(logits);
-    if m == f32::NEG_INFINITY || m.is_nan() {
-        return 0;
-    }
-    logits.iter().position(|&x| x == m).unwrap_or(0) as u32
+    max_index(logits).1
 }
 
 /// Picks the token for `position` with `p.seed`, from the logits alone: logit
@@ -412,40 +408,42 @@ struct RawLogprobs {
 
 impl RawLogprobs {
     fn new(l: &[f32], k: usize) -> Self {
-        let m = max_value(l);
-        let lse = if m.is_finite() {
-            let mut total = 0.0f64;
-            for c in l.chunks(LANES) {
-                total += tree_sum(chunk_weights(c, m, 1.0, 0.0)) as f64;
+        with_scratch(|s| {
+            let (m, _) = max_index(l);
+            let lse = if m.is_finite() {
+                m as f64 + weight_sums(l, m, LOG2_E, 0.0, &mut s.sums).ln()
+            } else {
+                m as f64
+            };
+            let mut r = RawLogprobs {
+                lse,
+                top: Vec::new(),
+            };
+            if k == 0 {
+                return r;
             }
-            m as f64 + total.ln()
-        } else {
-            m as f64
-        };
-        let mut r = RawLogprobs {
-            lse,
-            top: Vec::new(),
-        };
-        if k == 0 {
-            return r;
-        }
-        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-        for (i, &x) in l.iter().enumerate() {
-            if x.is_nan() {
-                continue;
+            let mut top = Vec::new();
+            if m.is_finite() {
+                let bmin = top_k_level(l, m, LOG2_E, k, EXP2_MIN);
+                collect(l, m, LOG2_E, bmin, &mut s.pairs);
+                if s.pairs.len() >= k {
+                    if s.pairs.len() > k {
+                        s.pairs.select_nth_unstable_by(k - 1, by_rank);
+                        s.pairs.truncate(k);
+                    }
+                    s.pairs.sort_unstable_by(by_rank);
+                    top.extend_from_slice(&s.pairs);
+                }
             }
-            if top.len() < k || top.last().is_some_and(|&(_, y)| x > y) {
-                // After equal values: ids ascend among ties.
-                let at = top.partition_point(|&(_, y)| y >= x);
-                top.insert(at, (i as u32, x));
-                top.truncate(k);
+            if top.is_empty() {
+                top = top_k_scan(l, k);
             }
-        }
-        for e in &mut top {
-            e.1 = r.logprob(e.1);
-        }
-        r.top = top;
-        r
+            for e in &mut top {
+                e.1 = r.logprob(e.1);
+            }
+            r.top = top;
+            r
+        })
     }
 
     fn logprob(&self, x: f32) -> f32 {
@@ -463,13 +461,32 @@ impl RawLogprobs {
     }
 }
 
+/// The `k` best (value desc, id asc) of all non-NaN values, -inf included: a
+/// plain scan for the rare case where fewer than `k` tokens lie within 2^126
+/// of the top one.
+fn top_k_scan(l: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &x) in l.iter().enumerate() {
+        if x.is_nan() {
+            continue;
+        }
+        if top.len() < k || top.last().is_some_and(|&(_, y)| x > y) {
+            // After equal values: ids ascend among ties.
+            let at = top.partition_point(|&(_, y)| y >= x);
+            top.insert(at, (i as u32, x));
+            top.truncate(k);
+        }
+    }
+    top
+}
+
 /// Greedy, or a draw from the shaped distribution.
 fn choose(l: &[f32], p: &SamplingParams, seed: u64, position: u64) -> u32 {
     if p.is_greedy() || l.is_empty() {
         return argmax(l);
     }
     let u = uniform(seed, position);
-    with_scratch(|s| draw(l, p, u, &mut s.pairs, &mut s.weights))
+    with_scratch(|s| draw(l, p, u, s))
 }
 
 /// Total order of candidates: value descending, then id ascending.
@@ -477,118 +494,141 @@ fn by_rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-fn draw(
-    l: &[f32],
-    p: &SamplingParams,
-    u: f64,
-    pairs: &mut Vec<(u32, f32)>,
-    weights: &mut Vec<f32>,
-) -> u32 {
+/// A level (log2 of relative probability) below which no token can weigh `w`
+/// or more: below log2(w) by far more than the error of `exp2_neg`.
+fn safe_level(w: f32) -> f32 {
+    if !(w > 0.0) {
+        return EXP2_MIN;
+    }
+    let b = w.min(1.0).log2();
+    (b - 1e-3 - 1e-4 * b.abs()).max(EXP2_MIN)
+}
+
+/// A level with at least `k` tokens at or above it (or `lower` when even that
+/// has fewer), trying -1, -2, -4, ... with cheap counting passes.
+fn top_k_level(l: &[f32], m: f32, k2: f32, k: usize, lower: f32) -> f32 {
+    let mut b = -1.0f32;
+    while b > lower {
+        if count_at_least(l, m, k2, b) >= k {
+            return b;
+        }
+        b *= 2.0;
+    }
+    lower
+}
+
+/// Draws with `u` from `weights` (of `pairs`, in their order).
+fn draw_from(pairs: &[(u32, f32)], weights: &[f32], u: f64, fallback: u32) -> u32 {
+    let total: f64 = weights.iter().map(|&w| w as f64).sum();
+    if !(total > 0.0) {
+        return fallback;
+    }
+    let target = u * total;
+    let mut acc = 0.0f64;
+    let mut last = fallback;
+    for (&(id, _), &w) in pairs.iter().zip(weights) {
+        if w > 0.0 {
+            acc += w as f64;
+            last = id;
+            if target < acc {
+                return id;
+            }
+        }
+    }
+    last
+}
+
+fn draw(l: &[f32], p: &SamplingParams, u: f64, s: &mut Scratch) -> u32 {
     let v = l.len();
-    let m = max_value(l);
-    let first_max = argmax(l);
+    let (m, first_max) = max_index(l);
     if !m.is_finite() {
         // All masked (or an infinite logit): nothing to draw from.
         return first_max;
     }
-    let inv_t = 1.0 / p.temperature;
+    // Levels are log2 of the probability relative to the top token.
+    let k2 = (1.0 / p.temperature) * LOG2_E;
     let k_on = p.top_k > 0 && p.top_k < v;
     let p_on = p.top_p < 1.0; // false for NaN
-    let top_p = p.top_p.max(0.0);
+    let top_p = p.top_p.max(0.0) as f64;
     let min_p = if p.min_p > 0.0 { p.min_p.min(1.0) } else { 0.0 };
 
     if !k_on && !p_on {
-        // Whole vocabulary (less what min-p drops), drawn in id order: no sort.
-        let mut total = 0.0f64;
-        for c in l.chunks(LANES) {
-            total += tree_sum(chunk_weights(c, m, inv_t, min_p)) as f64;
+        if min_p > 0.0 {
+            // Only tokens near the top survive: gather them, draw in id order.
+            collect(l, m, k2, safe_level(min_p), &mut s.pairs);
+            s.weights.clear();
+            s.weights
+                .extend(s.pairs.iter().map(|&(_, x)| weight(x, m, k2, min_p)));
+            return draw_from(&s.pairs, &s.weights, u, first_max);
         }
+        // The whole vocabulary in id order: one exp pass keeping per-chunk
+        // sums, then only the chunk that holds the draw is recomputed.
+        let total = weight_sums(l, m, k2, 0.0, &mut s.sums);
         if !(total > 0.0) {
             return first_max;
         }
         let target = u * total;
         let mut acc = 0.0f64;
-        for (ci, c) in l.chunks(LANES).enumerate() {
-            let w = chunk_weights(c, m, inv_t, min_p);
-            let s = tree_sum(w) as f64;
-            if target < acc + s {
+        for (ci, &cs) in s.sums.iter().enumerate() {
+            if target < acc + cs {
+                let lo = ci * LANES;
+                let chunk = l.get(lo..(lo + LANES).min(v)).unwrap_or(&[]);
+                let w = chunk_weights(chunk, m, k2, 0.0);
                 let mut a = acc;
                 let mut last = None;
-                for (j, &wj) in w.iter().enumerate().take(c.len()) {
+                for (j, &wj) in w.iter().enumerate().take(chunk.len()) {
                     if wj > 0.0 {
                         last = Some(j);
                         a += wj as f64;
                         if target < a {
-                            return (ci * LANES + j) as u32;
+                            return (lo + j) as u32;
                         }
                     }
                 }
-                return last.map_or(first_max, |j| (ci * LANES + j) as u32);
+                return last.map_or(first_max, |j| (lo + j) as u32);
             }
-            acc += s;
+            acc += cs;
         }
         return first_max;
     }
 
-    // Candidates: a superset of the tokens that can survive, as (id, logit).
-    // A weight floor `wf` (in probability relative to the top token) is safe for
-    // min-p unless top-p needs the mass of the top-k set, and for top-p alone
-    // (no top-k): every token outside {w >= (1 - top_p) Z / V} together weighs
-    // under (1 - top_p) Z, so the nucleus lies inside that set.
-    let mut z_full = 0.0f64;
-    let mut wf = 0.0f32;
-    if p_on && !k_on {
-        for c in l.chunks(LANES) {
-            z_full += tree_sum(chunk_weights(c, m, inv_t, 0.0)) as f64;
+    // Gather a superset of the tokens that can survive as (id, logit), then
+    // sort only the head that is kept.
+    let target = if k_on {
+        // min-p may bound the gathering unless top-p needs the mass of the
+        // whole top-k set.
+        let lower = if p_on { EXP2_MIN } else { safe_level(min_p) };
+        let bmin = top_k_level(l, m, k2, p.top_k, lower);
+        collect(l, m, k2, bmin, &mut s.pairs);
+        if s.pairs.len() > p.top_k {
+            s.pairs.select_nth_unstable_by(p.top_k - 1, by_rank);
+            s.pairs.truncate(p.top_k);
         }
-        wf = ((1.0 - top_p as f64) * z_full / v as f64).min(1.0) as f32;
-    }
-    if !(p_on && k_on) {
-        wf = wf.max(min_p);
-    }
-    // Log-space bound with a margin far above the error of `fast_exp`.
-    let amin = if wf > 0.0 {
-        (wf.ln() - 1e-3 - 1e-4 * wf.ln().abs()).max(EXP_MIN)
+        if p_on {
+            let z: f64 = s
+                .pairs
+                .iter()
+                .map(|&(_, x)| weight(x, m, k2, 0.0) as f64)
+                .sum();
+            top_p * z
+        } else {
+            f64::INFINITY
+        }
     } else {
-        EXP_MIN
+        // Top-p over the whole vocabulary: every token outside
+        // {w >= (1 - top_p) Z / V} together weighs under (1 - top_p) Z, so the
+        // nucleus lies inside that set.
+        let z = weight_sums(l, m, k2, 0.0, &mut s.sums);
+        let floor = ((1.0 - top_p) * z / v as f64).min(1.0) as f32;
+        collect(l, m, k2, safe_level(floor.max(min_p)), &mut s.pairs);
+        top_p * z
     };
-    pairs.clear();
-    for (i, &x) in l.iter().enumerate() {
-        if (x - m) * inv_t >= amin {
-            pairs.push((i as u32, x));
-        }
-    }
-    if pairs.is_empty() {
+    if s.pairs.is_empty() {
         return first_max;
     }
-    if k_on && pairs.len() > p.top_k {
-        pairs.select_nth_unstable_by(p.top_k - 1, by_rank);
-        pairs.truncate(p.top_k);
-    }
-    let target = if !p_on {
-        f64::INFINITY
-    } else if k_on {
-        let z: f64 = pairs
-            .iter()
-            .map(|&(_, x)| weight(x, m, inv_t, 0.0) as f64)
-            .sum();
-        top_p as f64 * z
-    } else {
-        top_p as f64 * z_full
-    };
-    let keep = sorted_head(pairs, weights, m, inv_t, target, min_p);
-    let total: f64 = weights.iter().take(keep).map(|&w| w as f64).sum();
-    let target = u * total;
-    let mut acc = 0.0f64;
-    for (&(id, _), &w) in pairs.iter().zip(weights.iter()).take(keep) {
-        acc += w as f64;
-        if target < acc {
-            return id;
-        }
-    }
-    pairs
-        .get(keep.saturating_sub(1))
-        .map_or(first_max, |&(id, _)| id)
+    let keep = sorted_head(&mut s.pairs, &mut s.weights, m, k2, target, min_p);
+    let keep = keep.min(s.pairs.len()).min(s.weights.len());
+    draw_from(&s.pairs[..keep], &s.weights[..keep], u, first_max)
 }
 
 /// Sorts the head of `pairs` (by rank) until it holds the tokens to keep: the
@@ -600,7 +640,7 @@ fn sorted_head(
     pairs: &mut [(u32, f32)],
     weights: &mut Vec<f32>,
     m: f32,
-    inv_t: f32,
+    k2: f32,
     target: f64,
     min_p: f32,
 ) -> usize {
@@ -617,15 +657,15 @@ fn sorted_head(
         }
         if let Some(head) = pairs.get_mut(done..h) {
             head.sort_unstable_by(by_rank);
-            for (i, &(_, x)) in head.iter().enumerate() {
-                let w = weight(x, m, inv_t, 0.0);
+            for &(_, x) in head.iter() {
+                let w = weight(x, m, k2, 0.0);
                 if !(w >= min_p && w > 0.0) {
-                    return (done + i).max(1).min(weights.len().max(1));
+                    return weights.len();
                 }
                 weights.push(w);
                 acc += w as f64;
                 if acc >= target {
-                    return done + i + 1;
+                    return weights.len();
                 }
             }
         }
@@ -635,44 +675,54 @@ fn sorted_head(
     weights.len()
 }
 
-// --- vectorisable kernels -------------------------------------------------
+// --- kernels ----------------------------------------------------------------
+//
+// Plain loops over fixed-width chunks that the compiler vectorises. They use
+// only +, -, *, comparisons and bit operations (never fused multiply-add), so
+// every CPU and every instruction set gives bit-identical results; on x86-64
+// with AVX2 a copy compiled for it is picked at run time.
 
 const LANES: usize = 16;
-/// Below this exponent `fast_exp` returns 0 (the result would be subnormal).
-const EXP_MIN: f32 = -87.0;
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+/// Below this level `exp2_neg` returns 0 (the result would be subnormal).
+const EXP2_MIN: f32 = -126.0;
 
-/// e^a for a <= 0, within a few ulp; 0 for a < -87 and for NaN. Only +, *, and
-/// bit operations: the same result on every CPU, and it vectorises.
+/// 2^b for b <= 0, within ~2e-7 relative; 0 for b < -126 and for NaN.
 #[inline(always)]
-fn fast_exp(a: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
+fn exp2_neg(b: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    let x = a.clamp(EXP_MIN, 0.0);
-    let t = x * LOG2E + MAGIC;
+    let x = b.clamp(EXP2_MIN, 0.0);
+    let t = x + MAGIC;
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
-    let r = x - n * C1 - n * C2;
-    let mut y = 1.987_569_1e-4f32;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
-    y = y * (r * r) + r + 1.0;
+    let f = x - n; // in [-0.5, 0.5]
+                   // Taylor series of 2^f = e^(f ln 2) to degree 6 (error < 1.2e-7).
+    let mut y = 1.540_353_1e-4f32;
+    y = y * f + 1.333_355_8e-3;
+    y = y * f + 9.618_129e-3;
+    y = y * f + 5.550_411e-2;
+    y = y * f + 2.402_265e-1;
+    y = y * f + 6.931_472e-1;
+    y = y * f + 1.0;
     let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
-    if a >= EXP_MIN {
+    if b >= EXP2_MIN {
         y * scale
     } else {
         0.0
     }
 }
 
-/// Relative probability of logit `x` (1 for the top logit `m`), 0 below `floor`.
+/// log2 of the probability of logit `x` relative to the top logit `m`, with
+/// `k2` = log2(e) / temperature.
 #[inline(always)]
-fn weight(x: f32, m: f32, inv_t: f32, floor: f32) -> f32 {
-    let w = fast_exp((x - m) * inv_t);
+fn level(x: f32, m: f32, k2: f32) -> f32 {
+    (x - m) * k2
+}
+
+/// Probability of logit `x` relative to the top one (1 for `m`), 0 below `floor`.
+#[inline(always)]
+fn weight(x: f32, m: f32, k2: f32, floor: f32) -> f32 {
+    let w = exp2_neg(level(x, m, k2));
     if w >= floor {
         w
     } else {
@@ -680,17 +730,12 @@ fn weight(x: f32, m: f32, inv_t: f32, floor: f32) -> f32 {
     }
 }
 
+/// Weights of up to `LANES` logits, padded with zeros.
 #[inline(always)]
-fn chunk_weights(c: &[f32], m: f32, inv_t: f32, floor: f32) -> [f32; LANES] {
+fn chunk_weights(c: &[f32], m: f32, k2: f32, floor: f32) -> [f32; LANES] {
     let mut w = [0.0f32; LANES];
-    if let Ok(c) = <&[f32; LANES]>::try_from(c) {
-        for j in 0..LANES {
-            w[j] = weight(c[j], m, inv_t, floor);
-        }
-    } else {
-        for (wj, &x) in w.iter_mut().zip(c) {
-            *wj = weight(x, m, inv_t, floor);
-        }
+    for (wj, &x) in w.iter_mut().zip(c) {
+        *wj = weight(x, m, k2, floor);
     }
     w
 }
@@ -708,30 +753,148 @@ fn tree_sum(w: [f32; LANES]) -> f32 {
     (s4[0] + s4[2]) + (s4[1] + s4[3])
 }
 
-/// Largest value, NaN ignored; -inf for none.
-fn max_value(l: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = l.chunks_exact(LANES);
-    for c in &mut chunks {
+/// Sum of the weights; `sums` gets the sum of each chunk of `LANES` logits.
+#[inline(always)]
+fn weight_sums_impl(l: &[f32], m: f32, k2: f32, floor: f32, sums: &mut Vec<f64>) -> f64 {
+    sums.clear();
+    sums.reserve(l.len().div_ceil(LANES));
+    let mut total = 0.0f64;
+    let mut it = l.chunks_exact(LANES);
+    for c in &mut it {
+        let mut w = [0.0f32; LANES];
         for j in 0..LANES {
-            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+            w[j] = weight(c[j], m, k2, floor);
         }
+        let s = tree_sum(w) as f64;
+        sums.push(s);
+        total += s;
     }
-    let mut m = f32::NEG_INFINITY;
-    for &x in acc.iter().chain(chunks.remainder()) {
-        if x > m {
-            m = x;
-        }
+    let r = it.remainder();
+    if !r.is_empty() {
+        let s = tree_sum(chunk_weights(r, m, k2, floor)) as f64;
+        sums.push(s);
+        total += s;
     }
-    m
+    total
 }
 
-// --- per-thread scratch ---------------------------------------------------
+/// The largest value (NaN ignored; -inf for none) and the first index holding
+/// it (0 when no value is above -inf).
+#[inline(always)]
+fn max_index_impl(l: &[f32]) -> (f32, u32) {
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut at = [0u32; LANES];
+    let mut it = l.chunks_exact(LANES);
+    let mut ci = 0u32;
+    for c in &mut it {
+        for j in 0..LANES {
+            let gt = c[j] > best[j];
+            best[j] = if gt { c[j] } else { best[j] };
+            at[j] = if gt { ci } else { at[j] };
+        }
+        ci = ci.wrapping_add(1);
+    }
+    let mut m = f32::NEG_INFINITY;
+    let mut idx = 0u32;
+    for j in 0..LANES {
+        let i = at[j].wrapping_mul(LANES as u32).wrapping_add(j as u32);
+        if best[j] > m || (best[j] == m && m > f32::NEG_INFINITY && i < idx) {
+            m = best[j];
+            idx = i;
+        }
+    }
+    // The tail comes after every chunk: only a larger value wins.
+    let base = (l.len() - it.remainder().len()) as u32;
+    for (j, &x) in it.remainder().iter().enumerate() {
+        if x > m {
+            m = x;
+            idx = base + j as u32;
+        }
+    }
+    (m, idx)
+}
+
+/// How many logits lie at level `bmin` or above.
+#[inline(always)]
+fn count_at_least_impl(l: &[f32], m: f32, k2: f32, bmin: f32) -> usize {
+    let mut n = [0u32; LANES];
+    let mut it = l.chunks_exact(LANES);
+    for c in &mut it {
+        for j in 0..LANES {
+            n[j] += (level(c[j], m, k2) >= bmin) as u32;
+        }
+    }
+    let tail = it
+        .remainder()
+        .iter()
+        .filter(|&&x| level(x, m, k2) >= bmin)
+        .count();
+    n.iter().map(|&c| c as usize).sum::<usize>() + tail
+}
+
+/// (id, logit) of the logits at level `bmin` or above, in id order.
+#[inline(always)]
+fn collect_impl(l: &[f32], m: f32, k2: f32, bmin: f32, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    let mut it = l.chunks_exact(LANES);
+    let mut base = 0u32;
+    for c in &mut it {
+        let mut any = false;
+        for j in 0..LANES {
+            any |= level(c[j], m, k2) >= bmin;
+        }
+        if any {
+            for (j, &x) in c.iter().enumerate() {
+                if level(x, m, k2) >= bmin {
+                    out.push((base + j as u32, x));
+                }
+            }
+        }
+        base = base.wrapping_add(LANES as u32);
+    }
+    for (j, &x) in it.remainder().iter().enumerate() {
+        if level(x, m, k2) >= bmin {
+            out.push((base + j as u32, x));
+        }
+    }
+}
+
+/// Defines `name(args)` calling `imp(args)`, through a copy compiled for AVX2
+/// when the CPU has it (same results, wider vectors).
+macro_rules! dispatch {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $imp:ident;)*) => {$(
+        #[inline]
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) -> $ret {
+                    $imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    )*};
+}
+
+dispatch! {
+    fn weight_sums(l: &[f32], m: f32, k2: f32, floor: f32, sums: &mut Vec<f64>) -> f64 = weight_sums_impl;
+    fn max_index(l: &[f32]) -> (f32, u32) = max_index_impl;
+    fn count_at_least(l: &[f32], m: f32, k2: f32, bmin: f32) -> usize = count_at_least_impl;
+    fn collect(l: &[f32], m: f32, k2: f32, bmin: f32, out: &mut Vec<(u32, f32)>) -> () = collect_impl;
+}
+
+// --- per-thread scratch -------------------------------------------------------
 
 #[derive(Default)]
 struct Scratch {
     pairs: Vec<(u32, f32)>,
     weights: Vec<f32>,
+    sums: Vec<f64>,
     /// All zero between calls.
     counts: Vec<u32>,
 }
@@ -803,19 +966,70 @@ mod tests {
     }
 
     #[test]
-    fn fast_exp_is_accurate() {
+    fn exp2_neg_is_accurate() {
         let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let a = -87.0 * i as f32 / 200_000.0;
-            let want = (a as f64).exp();
-            let got = fast_exp(a) as f64;
+        for i in 0..=400_000 {
+            let b = -126.0 * i as f32 / 400_000.0;
+            let want = (b as f64).exp2();
+            let got = exp2_neg(b) as f64;
             worst = worst.max((got - want).abs() / want);
         }
-        assert!(worst < 5e-7, "{worst}");
-        assert_eq!(fast_exp(0.0), 1.0);
-        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
-        assert_eq!(fast_exp(-100.0), 0.0);
-        assert_eq!(fast_exp(f32::NAN), 0.0);
+        assert!(worst < 3e-7, "{worst}");
+        assert_eq!(exp2_neg(0.0), 1.0);
+        assert_eq!(exp2_neg(-1.0), 0.5);
+        assert_eq!(exp2_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp2_neg(-126.5), 0.0);
+        assert_eq!(exp2_neg(f32::NAN), 0.0);
+    }
+
+    #[test]
+    fn kernels_match_plain_code_and_every_instruction_set() {
+        for v in [0usize, 1, 5, 16, 17, 100, 4099] {
+            let mut l = random_logits(v, v as u64, 40.0);
+            if v > 3 {
+                l[1] = f32::NAN;
+                l[2] = f32::NEG_INFINITY;
+            }
+            let (m, i) = max_index_impl(&l);
+            let naive =
+                l.iter().enumerate().fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                );
+            assert_eq!((m, i as usize), (naive.1, naive.0), "v={v}");
+            if v == 0 {
+                continue;
+            }
+            let k2 = LOG2_E / 0.7;
+            let mut sums = Vec::new();
+            let total = weight_sums_impl(&l, m, k2, 0.01, &mut sums);
+            let plain: f64 = l.iter().map(|&x| weight(x, m, k2, 0.01) as f64).sum();
+            assert!((total - plain).abs() <= 1e-6 * plain, "{total} {plain}");
+            assert_eq!(sums.len(), v.div_ceil(LANES));
+            let n = count_at_least_impl(&l, m, k2, -3.0);
+            assert_eq!(n, l.iter().filter(|&&x| level(x, m, k2) >= -3.0).count());
+            let mut got = Vec::new();
+            collect_impl(&l, m, k2, -3.0, &mut got);
+            let want: Vec<(u32, f32)> = l
+                .iter()
+                .enumerate()
+                .filter(|&(_, &x)| level(x, m, k2) >= -3.0)
+                .map(|(i, &x)| (i as u32, x))
+                .collect();
+            assert_eq!(got, want);
+            // The dispatched (possibly AVX2) versions give identical bits.
+            let mut sums2 = Vec::new();
+            assert_eq!(
+                weight_sums(&l, m, k2, 0.01, &mut sums2).to_bits(),
+                total.to_bits()
+            );
+            assert_eq!(sums, sums2);
+            assert_eq!(max_index(&l), (m, i));
+            assert_eq!(count_at_least(&l, m, k2, -3.0), n);
+            let mut got2 = Vec::new();
+            collect(&l, m, k2, -3.0, &mut got2);
+            assert_eq!(got, got2);
+        }
     }
 
     #[test]
@@ -1027,14 +1241,22 @@ mod tests {
         assert_eq!((c[2], c[3]), (0, 0));
         assert!(chi_square(&c[..2], &[0.625, 0.375]) < 13.8, "{c:?}");
         // top-k first, then top-p over the renormalised top-k: with k = 3 the
-        // head is 0.5/0.95, 0.3/0.95, 0.15/0.95; top_p 0.8 needs all three.
+        // head is 0.5/0.95, 0.3/0.95, 0.15/0.95, so top_p 0.82 keeps two tokens
+        // (0.842), while over the whole vocabulary it needs three (0.8 < 0.82).
         let kp = SamplingParams {
             top_k: 3,
-            top_p: 0.8,
+            top_p: 0.82,
             ..temp(1.0, 4)
         };
-        let c = counts_of(&logits, &kp, 30_000, 4);
-        assert_eq!(c[3], 0);
+        let c = counts_of(&logits, &kp, 20_000, 4);
+        assert_eq!((c[2], c[3]), (0, 0), "{c:?}");
+        assert!(chi_square(&c[..2], &[0.625, 0.375]) < 13.8, "{c:?}");
+        let p82 = SamplingParams {
+            top_p: 0.82,
+            ..temp(1.0, 4)
+        };
+        let c = counts_of(&logits, &p82, 30_000, 4);
+        assert_eq!(c[3], 0, "{c:?}");
         assert!(
             chi_square(&c[..3], &[0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]) < 16.3,
             "{c:?}"
@@ -1060,14 +1282,14 @@ mod tests {
 
     /// The reference: full stable sort, then the same weights and draw.
     fn reference_draw(l: &[f32], p: &SamplingParams, u: f64) -> u32 {
-        let m = max_value(l);
-        let inv_t = 1.0 / p.temperature;
+        let m = max_index(l).0;
+        let k2 = (1.0 / p.temperature) * LOG2_E;
         let mut c: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
         c.sort_by(by_rank);
         if p.top_k > 0 {
             c.truncate(p.top_k);
         }
-        let w: Vec<f32> = c.iter().map(|&(_, x)| weight(x, m, inv_t, 0.0)).collect();
+        let w: Vec<f32> = c.iter().map(|&(_, x)| weight(x, m, k2, 0.0)).collect();
         let z: f64 = w.iter().map(|&x| x as f64).sum();
         let mut keep = 0;
         let mut acc = 0.0;
@@ -1118,7 +1340,7 @@ mod tests {
                 let want = reference_draw(&logits, &p, uniform(1234, i));
                 if k == 0 && tp == 1.0 {
                     // Id-order draw: compare the chosen set instead.
-                    let w = weight(logits[got as usize], max_value(&logits), 1.0 / t, 0.0);
+                    let w = weight(logits[got as usize], max_index(&logits).0, LOG2_E / t, 0.0);
                     assert!(w >= mp, "min_p violated");
                     agree += 1;
                 } else if got == want {
@@ -1439,7 +1661,7 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(e.contains(field), "{p:?}: {e:?}");
-            assert!(e.contains('['), "range missing in {e:?}");
+            assert!(e.contains('[') || e.contains('('), "range missing in {e:?}");
         }
         let vocab_cases: Vec<(SamplingParams, &str)> = vec![
             (
@@ -1497,17 +1719,46 @@ mod tests {
     fn sampler_speed() {
         let v = 49_152;
         let seqs = 256;
-        let logits: Vec<Vec<f32>> = (0..seqs)
-            .map(|s| random_logits(v, s as u64, 24.0))
-            .collect();
+        // Zipf-like ranks (p ~ 1/r^1.1, a high-entropy position), a peaked
+        // position (one token 8 above a bulk of sd 2) and a flat worst case.
+        let zipf = |s: u64| -> Vec<f32> {
+            let mut l = vec![0.0f32; v];
+            for r in 0..v {
+                let at = (splitmix64(s ^ r as u64) % v as u64) as usize;
+                l[at] = l[at].max(-1.1 * ((r + 1) as f32).ln() + 10.0);
+            }
+            l
+        };
+        let peaked = |s: u64| -> Vec<f32> {
+            let mut l = random_logits(v, s, 7.0);
+            l[(s as usize * 31) % v] = 12.0;
+            l
+        };
+        let kinds: [(&str, Vec<Vec<f32>>); 3] = [
+            ("zipf", (0..seqs).map(|s| zipf(s as u64)).collect()),
+            ("peaked", (0..seqs).map(|s| peaked(s as u64)).collect()),
+            (
+                "flat",
+                (0..seqs)
+                    .map(|s| random_logits(v, s as u64, 24.0))
+                    .collect(),
+            ),
+        ];
         let history: Vec<u32> = (0..1500).map(|i| (i * 37 % v) as u32).collect();
         let configs = [
             ("greedy", SamplingParams::default()),
-            ("temperature", temp(0.8, 1)),
+            ("temperature 0.8", temp(0.8, 1)),
             (
                 "top_p 0.95",
                 SamplingParams {
                     top_p: 0.95,
+                    ..temp(0.8, 1)
+                },
+            ),
+            (
+                "top_k 50",
+                SamplingParams {
+                    top_k: 50,
                     ..temp(0.8, 1)
                 },
             ),
@@ -1527,7 +1778,7 @@ mod tests {
                 },
             ),
             (
-                "penalties",
+                "penalties (1500 history)",
                 SamplingParams {
                     repetition_penalty: 1.1,
                     frequency_penalty: 0.5,
@@ -1544,16 +1795,23 @@ mod tests {
             ),
         ];
         let mut buf = vec![0.0f32; v];
-        for (name, p) in &configs {
+        for (kind, logits) in &kinds {
             let start = std::time::Instant::now();
-            let mut sink = 0u64;
-            for l in &logits {
+            for l in logits {
                 buf.copy_from_slice(l);
-                sink += sample_token(&mut buf, p, &history[..1000], &history[1000..], &[0], 1, 5)
-                    .token as u64;
             }
-            let el = start.elapsed();
-            eprintln!("{name:>22}: {:>8.2?} per step of {seqs} x {v} ({sink})", el);
+            eprintln!("{kind}: copying the logits alone: {:.2?}", start.elapsed());
+            for (name, p) in &configs {
+                let start = std::time::Instant::now();
+                let mut sink = 0u64;
+                for l in logits {
+                    buf.copy_from_slice(l);
+                    let (prompt, output) = history.split_at(1000);
+                    sink += sample_token(&mut buf, p, prompt, output, &[0], 1, 5).token as u64;
+                }
+                let el = start.elapsed();
+                eprintln!("  {name:>26}: {el:>8.2?} per step of {seqs} x {v} ({sink})");
+            }
         }
     }
 }
