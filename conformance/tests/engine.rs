@@ -375,3 +375,21 @@ fn default_model_batched_equals_alone() {
     }
     let _ = FinishReason::Stop;
 }
+
+#[test]
+fn priority_orders_admission_and_fcfs_breaks_ties() {
+    let src = tiny();
+    let mut e = engine(&src, 64, 4, 1, 64);
+    e.add_request("late-but-urgent", prompt(1, 4), greedy(3), 0).expect("add");
+    e.add_request("low", prompt(2, 4), greedy(3), 5).expect("add");
+    e.add_request("urgent-second", prompt(3, 4), greedy(3), 0).expect("add");
+    let mut order = vec![];
+    while e.has_work() {
+        for o in e.step().expect("step") {
+            if o.finish_reason.is_some() {
+                order.push(o.request_id);
+            }
+        }
+    }
+    assert_eq!(order, ["late-but-urgent", "urgent-second", "low"]);
+}

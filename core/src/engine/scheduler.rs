@@ -145,7 +145,11 @@ impl Scheduler {
                 None => {
                     // Out of blocks: preempt the newest running sequence (maybe this one).
                     let victim = self.newest_running();
+                    let victim_at = self.running.iter().position(|&r| r == victim);
                     self.preempt(victim);
+                    if victim_at.is_some_and(|v| v < i) {
+                        i -= 1; // the list shifted under us
+                    }
                     step.preempted.push(victim);
                     step.scheduled.retain(|s| s.seq != victim);
                     if victim == id {
