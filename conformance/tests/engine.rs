@@ -380,9 +380,12 @@ fn default_model_batched_equals_alone() {
 fn priority_orders_admission_and_fcfs_breaks_ties() {
     let src = tiny();
     let mut e = engine(&src, 64, 4, 1, 64);
-    e.add_request("late-but-urgent", prompt(1, 4), greedy(3), 0).expect("add");
-    e.add_request("low", prompt(2, 4), greedy(3), 5).expect("add");
-    e.add_request("urgent-second", prompt(3, 4), greedy(3), 0).expect("add");
+    e.add_request("late-but-urgent", prompt(1, 4), greedy(3), 0)
+        .expect("add");
+    e.add_request("low", prompt(2, 4), greedy(3), 5)
+        .expect("add");
+    e.add_request("urgent-second", prompt(3, 4), greedy(3), 0)
+        .expect("add");
     let mut order = vec![];
     while e.has_work() {
         for o in e.step().expect("step") {
@@ -392,4 +395,47 @@ fn priority_orders_admission_and_fcfs_breaks_ties() {
         }
     }
     assert_eq!(order, ["late-but-urgent", "urgent-second", "low"]);
+}
+
+#[test]
+fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
+    use tessera_core::engine::EngineHandle;
+    let src = tiny();
+    let want = alone(&src, &prompt(7, 6), greedy(10));
+    let (handle, thread) = EngineHandle::spawn(engine(&src, 64, 4, 8, 64)).expect("spawn");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut a = handle
+            .submit("a", prompt(7, 6), greedy(10), 0)
+            .await
+            .expect("submit a");
+        let dup = handle.submit("a", prompt(7, 6), greedy(10), 0).await;
+        assert!(
+            matches!(dup, Err(Error::Request(_))),
+            "duplicate id must be refused"
+        );
+        // A client that goes away: its request is aborted, the others go on.
+        let gone = handle
+            .submit("gone", prompt(8, 6), greedy(200), 0)
+            .await
+            .expect("submit");
+        drop(gone);
+        let mut tokens = vec![];
+        let mut finish = None;
+        while let Some(o) = a.recv().await {
+            tokens.extend(o.token_ids);
+            if o.finish_reason.is_some() {
+                finish = o.finish_reason;
+                break;
+            }
+        }
+        assert_eq!(tokens, want);
+        assert_eq!(finish, Some(FinishReason::Length));
+        let bad = handle.submit("bad", vec![], greedy(1), 0).await;
+        assert!(matches!(bad, Err(Error::Request(_))));
+    });
+    handle.shutdown();
+    thread.join().expect("engine thread ends cleanly");
 }

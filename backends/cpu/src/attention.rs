@@ -394,6 +394,162 @@ mod tests {
         }
     }
 
+    /// One benchmark workload: per sequence (cached tokens, new query tokens).
+    struct Workload {
+        name: &'static str,
+        seqs: Vec<(usize, usize)>,
+        /// Calls per timed run, each on the next of `layers` distinct caches.
+        calls: usize,
+        layers: usize,
+        reps: usize,
+    }
+
+    /// The caches, batch and queries of one workload with KV type `K`.
+    struct BenchSetup<K> {
+        caches: Vec<(Vec<K>, Vec<K>)>,
+        q: Vec<f32>,
+        qsl: Vec<i32>,
+        lens: Vec<i32>,
+        tables: Vec<i32>,
+        max_blocks: usize,
+        g: Geometry,
+        flops: f64,
+    }
+
+    fn bench_setup<K: KvElem>(w: &Workload, conv: fn(f32) -> K) -> BenchSetup<K> {
+        // SmolLM2-135M's attention geometry.
+        let (nh, nkv, d, bs) = (9, 3, 64, 16);
+        let mut seed = 7u64;
+        let max_blocks = w
+            .seqs
+            .iter()
+            .map(|s| (s.0 + s.1).div_ceil(bs))
+            .max()
+            .unwrap_or(1);
+        let num_blocks: usize = w.seqs.iter().map(|s| (s.0 + s.1).div_ceil(bs)).sum();
+        // Scattered block ids: a shuffled permutation.
+        let mut perm: Vec<i32> = (0..num_blocks as i32).collect();
+        for i in (1..perm.len()).rev() {
+            seed = tessera_core::model::random::splitmix64(seed);
+            perm.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let mut tables = vec![0i32; w.seqs.len() * max_blocks];
+        let mut next = 0;
+        let (mut qsl, mut lens, mut flops) = (vec![0i32], vec![], 0f64);
+        for (s, &(cached, new)) in w.seqs.iter().enumerate() {
+            let len = cached + new;
+            for b in 0..len.div_ceil(bs) {
+                tables[s * max_blocks + b] = perm[next];
+                next += 1;
+            }
+            qsl.push(qsl[s] + new as i32);
+            lens.push(len as i32);
+            // Each query head sees cached + j + 1 positions: 2d flops for q.k, 2d for p.v.
+            let seen: usize = (0..new).map(|j| cached + j + 1).sum();
+            flops += (seen * nh * 4 * d) as f64;
+        }
+        let n = num_blocks * nkv * bs * d;
+        let caches = (0..w.layers)
+            .map(|_| {
+                let mut v = || (0..n).map(|_| conv(rand(&mut seed))).collect::<Vec<K>>();
+                (v(), v())
+            })
+            .collect();
+        let tokens = *qsl.last().unwrap_or(&0) as usize;
+        let q = (0..tokens * nh * d).map(|_| rand(&mut seed)).collect();
+        BenchSetup {
+            caches,
+            q,
+            qsl,
+            lens,
+            tables,
+            max_blocks,
+            g: Geometry {
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: d,
+                num_blocks,
+                block_size: bs,
+            },
+            flops: flops * w.calls as f64,
+        }
+    }
+
+    /// Best-of-`reps` milliseconds for `calls` calls, and GFLOP/s.
+    fn bench_run<K: KvElem>(
+        w: &Workload,
+        s: &BenchSetup<K>,
+        pool: &rayon::ThreadPool,
+    ) -> (f64, f64) {
+        let b = Batch {
+            query_start_loc: &s.qsl,
+            seq_lens: &s.lens,
+            block_tables: &s.tables,
+            max_blocks: s.max_blocks,
+        };
+        let p = AttentionParams {
+            scale: 0.125,
+            causal: true,
+            sliding_window: None,
+            softcap: None,
+        };
+        let mut out = vec![0f32; s.q.len()];
+        let mut best = f64::INFINITY;
+        for _ in 0..w.reps {
+            let t = std::time::Instant::now();
+            pool.install(|| {
+                for c in 0..w.calls {
+                    let (k, v) = &s.caches[c % w.layers];
+                    paged_attention(&s.q, k, v, &b, &s.g, &p, &mut out).expect("attention");
+                }
+            });
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        (best * 1e3, s.flops / best / 1e9)
+    }
+
+    /// `cargo test -p tessera-cpu --release bench_paged_attention -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_paged_attention() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
+        let workloads = [
+            Workload {
+                name: "decode 64x1, ctx 128-256, 30 calls",
+                seqs: (0..64).map(|i| (127 + (i * 67) % 129, 1)).collect(),
+                calls: 30,
+                layers: 8,
+                reps: 7,
+            },
+            Workload {
+                name: "prefill 16x128",
+                seqs: vec![(0, 128); 16],
+                calls: 1,
+                layers: 1,
+                reps: 7,
+            },
+            Workload {
+                name: "long 1x2048",
+                seqs: vec![(0, 2048)],
+                calls: 1,
+                layers: 1,
+                reps: 3,
+            },
+        ];
+        for w in &workloads {
+            let s = bench_setup(w, |x| x);
+            let (ms, gf) = bench_run(w, &s, &pool);
+            println!("{:<40} f32  {ms:9.2} ms {gf:7.1} GFLOP/s", w.name);
+            drop(s);
+            let s = bench_setup(w, bf16::from_f32);
+            let (ms, gf) = bench_run(w, &s, &pool);
+            println!("{:<40} bf16 {ms:9.2} ms {gf:7.1} GFLOP/s", w.name);
+        }
+    }
+
     #[test]
     fn refuses_block_ids_outside_the_cache() {
         let g = Geometry {

@@ -89,7 +89,10 @@ pub fn build_runner(
     // Profiling pass: short sequences keep it quick (attention is quadratic).
     let n = max_step_tokens.min(cfg.max_position_embeddings).max(1);
     let seqs = max_seqs.clamp(1, n);
-    let mut batch = super::StepBatch { query_start_loc: vec![0], ..Default::default() };
+    let mut batch = super::StepBatch {
+        query_start_loc: vec![0],
+        ..Default::default()
+    };
     let mut next_block = 0u32;
     for i in 0..seqs {
         let len = n / seqs + usize::from(i < n % seqs);
@@ -98,14 +101,24 @@ pub fn build_runner(
         for pos in 0..len {
             batch.tokens.push(0);
             batch.positions.push(pos as u32);
-            batch.slots.push(table[pos / block_size] * block_size as u32 + (pos % block_size) as u32);
+            batch
+                .slots
+                .push(table[pos / block_size] * block_size as u32 + (pos % block_size) as u32);
         }
         batch.query_start_loc.push(batch.tokens.len() as u32);
         batch.seq_lens.push(len as u32);
         batch.block_tables.push(table);
         next_block += blocks;
     }
-    let probe = KvCache::new(device.as_ref(), &cfg, dtype, KvShape { num_blocks: next_block.max(1) as usize, block_size })?;
+    let probe = KvCache::new(
+        device.as_ref(),
+        &cfg,
+        dtype,
+        KvShape {
+            num_blocks: next_block.max(1) as usize,
+            block_size,
+        },
+    )?;
     let mut runner = super::Runner::new(model, probe);
     runner.step(&batch)?;
     let mem = device.memory_info()?;

@@ -1815,3 +1815,63 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod kernel_speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let v = 49_152;
+        let l: Vec<f32> = (0..v)
+            .map(|i| (uniform(3, i as u64) as f32 - 0.5) * 7.0)
+            .collect();
+        let mut l = l;
+        l[77] = 12.0;
+        let n = 256;
+        let t = std::time::Instant::now();
+        let mut s = 0.0;
+        for _ in 0..n {
+            s += max_index(std::hint::black_box(&l)).0;
+        }
+        eprintln!("max_index {:?}", t.elapsed() / n);
+        let m = 12.0;
+        let k2 = LOG2_E / 0.8;
+        let t = std::time::Instant::now();
+        let mut c = 0;
+        for _ in 0..n {
+            c += count_at_least(std::hint::black_box(&l), m, k2, -16.0);
+        }
+        eprintln!("count {:?} {c}", t.elapsed() / n);
+        let mut sums = Vec::new();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            s += weight_sums(std::hint::black_box(&l), m, k2, 0.0, &mut sums) as f32;
+        }
+        eprintln!("weight_sums {:?}", t.elapsed() / n);
+        let mut out = Vec::new();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            collect(std::hint::black_box(&l), m, k2, -16.0, &mut out);
+        }
+        eprintln!("collect 6% {:?} {}", t.elapsed() / n, out.len());
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            collect(std::hint::black_box(&l), m, k2, -10.0, &mut out);
+        }
+        eprintln!("collect 1 {:?} {}", t.elapsed() / n, out.len());
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            collect(std::hint::black_box(&l), m, k2, -22.0, &mut out);
+        }
+        eprintln!("collect 50% {:?} {}", t.elapsed() / n, out.len());
+        let base = out.clone();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            out.copy_from_slice(&base);
+            out.select_nth_unstable_by(63, by_rank);
+        }
+        eprintln!("select 64 of {} {:?}", base.len(), t.elapsed() / n);
+        eprintln!("{s}");
+    }
+}
