@@ -283,7 +283,13 @@ impl Engine {
         });
         let t2 = Instant::now();
         let outputs = match result {
-            Ok(logits) => self.postprocess(&plan.scheduled, &logits.to_f32_vec()),
+            Ok(logits) => {
+                let mut data = match logits.data {
+                    crate::HostData::F32(v) => v,
+                    _ => logits.to_f32_vec(),
+                };
+                self.postprocess(&plan.scheduled, &mut data)
+            }
             Err(e) => self.fail(&plan.scheduled, &e),
         };
         self.times.steps += 1;
@@ -342,7 +348,7 @@ impl Engine {
     fn postprocess(
         &mut self,
         scheduled: &[super::scheduler::Scheduled],
-        logits: &[f32],
+        logits: &mut [f32],
     ) -> Vec<RequestOutput> {
         let vocab = self.runner.model.config.vocab_size;
         let mut out = vec![];
@@ -358,7 +364,7 @@ impl Engine {
             if seq.pending() > 0 {
                 continue; // a prompt chunk: no token yet
             }
-            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+            let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
             let rid = seq.request_id.clone();
             let mut targets = vec![s.seq];
             if let Some(state) = self.requests.get_mut(&rid) {
@@ -367,10 +373,15 @@ impl Engine {
                     targets.extend(self.fork(s.seq, &rid));
                 }
             }
-            for sid in targets {
-                if let Some(o) = self.sample_and_emit(sid, row_logits) {
-                    out.push(o);
-                }
+            // Sampling edits its logits in place: forks get their own copy.
+            let last = targets.len() - 1;
+            for (i, sid) in targets.into_iter().enumerate() {
+                let o = if i == last {
+                    self.sample_and_emit(sid, row_logits)
+                } else {
+                    self.sample_and_emit(sid, &mut row_logits.to_vec())
+                };
+                out.extend(o);
             }
         }
         out
@@ -409,14 +420,13 @@ impl Engine {
         ids
     }
 
-    fn sample_and_emit(&mut self, sid: SeqId, logits: &[f32]) -> Option<RequestOutput> {
+    fn sample_and_emit(&mut self, sid: SeqId, logits: &mut [f32]) -> Option<RequestOutput> {
         let eos = &self.eos_ids;
         let seq = self.scheduler.seqs.get_mut(&sid)?;
         let p = seq.params.clone();
-        let mut scratch = logits.to_vec();
         let position = seq.tokens.len() as u64;
         let picked = sample_token(
-            &mut scratch,
+            logits,
             &p,
             seq.prompt(),
             seq.output(),

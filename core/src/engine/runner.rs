@@ -136,8 +136,20 @@ impl Runner {
             .first()
             .ok_or_else(|| Error::invalid("the graph returned no logits"))?;
         let rows = if b.all_logits { t } else { s };
-        let row_bytes = vocab * logits.dtype.size();
-        let mut raw = vec![0u8; rows * row_bytes];
+        if logits.dtype == DType::F32 {
+            // Straight into f32s: at 256 sequences the logits are 50 MB a step.
+            let mut data = vec![0f32; rows * vocab];
+            // SAFETY: f32 has no invalid bit patterns and no padding; the byte view
+            // covers exactly the vector's initialised elements.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, data.len() * 4)
+            };
+            self.model
+                .device
+                .download(&logits.buffer, logits.offset, bytes)?;
+            return Ok(HostTensor::f32(vec![rows, vocab], data));
+        }
+        let mut raw = vec![0u8; rows * vocab * logits.dtype.size()];
         self.model
             .device
             .download(&logits.buffer, logits.offset, &mut raw)?;
