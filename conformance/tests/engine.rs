@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use tessera_conformance::{fixtures_dir, runner};
 use tessera_core::engine::{
-    sample_seed, Engine, EngineConfig, FinishReason, RequestOutput, SamplingParams,
+    choice_seed, Engine, EngineConfig, FinishReason, RequestOutput, SamplingParams,
 };
 use tessera_core::model::{self, ModelSource};
 use tessera_core::{DType, Error};
@@ -213,7 +213,7 @@ fn n_samples_share_prompt_blocks_and_match_single_runs() {
     );
     assert_eq!(
         b,
-        &alone(&src, &p, seeded(6, sample_seed(5, 1))),
+        &alone(&src, &p, seeded(6, choice_seed(5, 1))),
         "sample 1 = alone with its derived seed"
     );
     assert_ne!(a, b, "two samples at temperature 1 should differ");

@@ -108,6 +108,15 @@ pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
     }
     let session = Session::open(&a.model)?;
     let mut engine = a.engine.build(&session)?;
+    let kv = &engine.runner.kv;
+    println!(
+        "KV cache: {} blocks x {} tokens = {} tokens, {:.1} MB ({})",
+        kv.shape.num_blocks,
+        kv.shape.block_size,
+        kv.shape.num_blocks * kv.shape.block_size,
+        kv.bytes() as f64 / 1e6,
+        kv.dtype
+    );
     let vocab = session.source.config.vocab_size as u64;
     for i in 0..a.num_prompts {
         let prompt: Vec<u32> = (0..a.input_len)

@@ -7,7 +7,6 @@ use super::sampler::{sample_token, SamplingParams};
 use super::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use super::sequence::{FinishReason, RequestId, SeqStatus, Sequence};
 use super::stop::StopMatcher;
-use crate::model::random::splitmix64;
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -87,16 +86,6 @@ pub struct Engine {
     pub times: StepTimes,
     /// Sequences preempted (and later recomputed) so far.
     pub preemptions: u64,
-}
-
-/// The seed of sample `index` of a request seeded with `seed`: sample 0 uses the
-/// request's seed itself, so `n = 1` and the first of `n > 1` agree.
-pub fn sample_seed(seed: u64, index: usize) -> u64 {
-    if index == 0 {
-        seed
-    } else {
-        splitmix64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
 }
 
 impl Engine {
@@ -404,7 +393,7 @@ impl Engine {
                 num_computed: p.num_computed,
                 block_table: self.scheduler.blocks.fork(&p.block_table),
                 status: SeqStatus::Running,
-                seed: sample_seed(p.seed, index),
+                seed: super::sampler::choice_seed(p.seed, index),
                 priority: p.priority,
                 arrival: p.arrival,
                 decoder: StreamDecoder::new(),

@@ -17,10 +17,10 @@ pub mod sequence;
 pub mod stop;
 
 pub use device_model::DeviceModel;
-pub use engine::{sample_seed, Engine, EngineConfig, RequestOutput, TokenLogprob};
+pub use engine::{Engine, EngineConfig, RequestOutput, TokenLogprob};
 pub use generate::{generate, GenerateOptions, GenerateStats};
 pub use handle::EngineHandle;
 pub use kv_cache::KvCache;
 pub use runner::{Runner, StepBatch};
-pub use sampler::SamplingParams;
+pub use sampler::{choice_seed, SamplingParams};
 pub use sequence::{FinishReason, RequestId};
