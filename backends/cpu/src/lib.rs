@@ -3,6 +3,7 @@
 //! rayon pool; a portable path runs everywhere else.
 
 mod attention;
+mod attention_simd;
 mod device;
 mod features;
 mod matmul;
