@@ -2,6 +2,7 @@
 //! NEON when the CPU has them (chosen at run time) and all cores through a
 //! rayon pool; a portable path runs everywhere else.
 
+mod activation;
 mod attention;
 mod attention_simd;
 mod device;
@@ -11,6 +12,7 @@ mod norm;
 mod ops;
 mod rope;
 mod simd;
+mod simd_bf16;
 mod view;
 
 pub use device::CpuDevice;

@@ -50,7 +50,81 @@ pub fn matmul(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    if let WeightRows::BF16(wb) = w {
+        if crate::simd_bf16::supported() {
+            return matmul_bf16dot(x, m, k, wb, n, bias, out);
+        }
+    }
     matmul_with(simd::level(), x, m, k, w, n, bias, out);
+}
+
+/// bf16 weights on a CPU with AVX512-BF16: activations rounded to bf16 once,
+/// then `vdpbf16ps` tiles over the same task grid as [`run`].
+fn matmul_bf16dot(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[half::bf16],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert!(
+        x.len() >= m * k
+            && w.len() >= n * k
+            && out.len() >= m * n
+            && bias.is_none_or(|b| b.len() >= n),
+        "matmul: an operand is shorter than its shape"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let xb: Vec<u16> = x[..m * k]
+        .iter()
+        .map(|&v| crate::simd_bf16::to_bf16_bits(v))
+        .collect();
+    let plan = Plan::new(m, k, n, rayon::current_num_threads());
+    let (mc, nc) = (plan.mc.clamp(1, m), plan.nc.clamp(1, n));
+    let (m_tasks, n_tasks) = (m.div_ceil(mc), n.div_ceil(nc));
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let (xp, wp) = (xb.as_ptr() as usize, w.as_ptr() as usize);
+    let task = |idx: usize| {
+        let (ti, ni) = (idx / n_tasks, idx % n_tasks);
+        let (t0, j0) = (ti * mc, ni * nc);
+        let (t1, j1) = ((t0 + mc).min(m), (j0 + nc).min(n));
+        // SAFETY: tokens t0..t1 and rows j0..j1 are inside x (m*k, converted
+        // above) and w (n*k, asserted); this task alone writes that block of out.
+        unsafe {
+            crate::simd_bf16::tile(
+                (xp as *const u16).add(t0 * k),
+                k,
+                t1 - t0,
+                (wp as *const u16).add(j0 * k),
+                k,
+                j1 - j0,
+                k,
+                out_ptr.get().add(t0 * n + j0),
+                n,
+            )
+        };
+        if let Some(b) = bias {
+            for t in t0..t1 {
+                // SAFETY: row t of this task's block.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + j0), j1 - j0)
+                };
+                for (o, bj) in row.iter_mut().zip(&b[j0..j1]) {
+                    *o += bj;
+                }
+            }
+        }
+    };
+    let tasks = m_tasks * n_tasks;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
 }
 
 /// Name of the SIMD path chosen on this machine ("avx512", "avx2", "neon",

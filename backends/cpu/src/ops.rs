@@ -122,15 +122,7 @@ impl Kernels for CpuKernels {
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<()> {
         same_shape(gate, up, "silu_mul")?;
-        let (g, u, o) = (read::<f32>(gate)?, read::<f32>(up)?, write::<f32>(out)?);
-        let f = |(o, (&g, &u)): (&mut f32, (&f32, &f32))| *o = g / (1.0 + (-g).exp()) * u;
-        if o.len() >= 1 << 15 {
-            o.par_iter_mut()
-                .zip(g.par_iter().zip(u.par_iter()))
-                .for_each(f);
-        } else {
-            o.iter_mut().zip(g.iter().zip(u.iter())).for_each(f);
-        }
+        crate::activation::silu_mul(write::<f32>(out)?, read::<f32>(gate)?, read::<f32>(up)?);
         Ok(())
     }
 
