@@ -7,7 +7,6 @@ use crate::matmul::{matmul, WeightRows};
 use crate::view::{expect, read, read_floats, write, Floats};
 use crate::{norm, rope};
 use half::bf16;
-use rayon::prelude::*;
 use std::sync::Arc;
 use tessera_core::hal::{AttentionBatch, AttentionParams, Buffer, Kernels, RopeParams, Tensor};
 use tessera_core::{DType, Error, Result};
@@ -328,7 +327,7 @@ mod tests {
         assert_eq!(read::<f32>(&out).expect("read"), &[1.5, -1.5, 2.0, 3.0]);
         k.silu_mul(&a, &b, &out).expect("silu_mul");
         let silu = |x: f32| x / (1.0 + (-x).exp());
-        let want = [silu(1.0) * 0.5, silu(-2.0) * 0.5, 0.0, silu(4.0) * -1.0];
+        let want = [silu(1.0) * 0.5, silu(-2.0) * 0.5, 0.0, -silu(4.0)];
         for (g, w) in read::<f32>(&out).expect("read").iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+// `Add` is the common message; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Add {
         id: String,

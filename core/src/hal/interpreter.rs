@@ -266,7 +266,7 @@ impl Drop for Interpreted {
         if p.is_empty() {
             return;
         }
-        p.sort_by(|a, b| b.1.cmp(&a.1));
+        p.sort_by_key(|e| std::cmp::Reverse(e.1));
         let total: Duration = p.iter().map(|e| e.1).sum();
         let shape = self
             .graph
