@@ -14,75 +14,12 @@
 //! are tested against.
 
 use crate::view::expect;
-use half::bf16;
 use rayon::prelude::*;
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
 use tessera_core::hal::AttentionParams;
 use tessera_core::Result;
 
-/// K/V element types: widened to f32 on load.
-pub trait KvElem: Copy + Send + Sync {
-    fn f(self) -> f32;
-
-    /// Loads 16 consecutive elements as f32.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512 F+BW+VL; `p..p+16` is readable.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self) -> __m512;
-
-    /// Loads 8 consecutive elements as f32.
-    ///
-    /// # Safety
-    /// The CPU supports AVX2; `p..p+8` is readable.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load8(p: *const Self) -> __m256;
-}
-impl KvElem for f32 {
-    #[inline(always)]
-    fn f(self) -> f32 {
-        self
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn load16(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load8(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
-    }
-}
-// `half::bf16` is `#[repr(transparent)]` over its `u16` bit pattern, and
-// bf16 -> f32 is exactly `bits << 16`.
-impl KvElem for bf16 {
-    #[inline(always)]
-    fn f(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn load16(p: *const bf16) -> __m512 {
-        let h = _mm256_loadu_si256(p.cast::<__m256i>());
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load8(p: *const bf16) -> __m256 {
-        let h = _mm_loadu_si128(p.cast::<__m128i>());
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-    }
-}
+/// K/V element types (f32, bf16): the crate's one widening-load trait.
+pub(crate) use crate::simd::WElem as KvElem;
 
 pub struct Geometry {
     pub num_heads: usize,
@@ -173,7 +110,7 @@ impl Path {
             // (Never true off x86_64.)
             Path::Avx2 => head_dim.is_multiple_of(8) && crate::features::has_avx2_fma(),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => head_dim.is_multiple_of(16) && crate::attention_simd::has_avx512(),
+            Path::Avx512 => head_dim.is_multiple_of(16) && crate::features::has_avx512(),
             #[cfg(not(target_arch = "x86_64"))]
             Path::Avx512 => false,
         }
@@ -199,7 +136,7 @@ impl Path {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention<K: KvElem>(
+pub(crate) fn paged_attention<K: KvElem>(
     q: &[f32],
     k_cache: &[K],
     v_cache: &[K],
@@ -512,7 +449,7 @@ impl<K: KvElem> Job<'_, K> {
                         let w = (s - new_m).exp();
                         l[h] += w;
                         for (o, x) in oh.iter_mut().zip(v) {
-                            *o += w * x.f();
+                            *o += w * x.to_f32();
                         }
                     }
                     m[h] = new_m;
@@ -534,12 +471,12 @@ fn dot<K: KvElem>(a: &[f32], b: &[K]) -> f32 {
     let n = a.len() / 8 * 8;
     for (ac, bc) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
         for i in 0..8 {
-            acc[i] += ac[i] * bc[i].f();
+            acc[i] += ac[i] * bc[i].to_f32();
         }
     }
     let mut s: f32 = acc.iter().sum();
     for i in n..a.len() {
-        s += a[i] * b[i].f();
+        s += a[i] * b[i].to_f32();
     }
     s
 }
@@ -547,6 +484,7 @@ fn dot<K: KvElem>(a: &[f32], b: &[K]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     fn rand(seed: &mut u64) -> f32 {
         *seed = tessera_core::model::random::splitmix64(*seed);
@@ -967,183 +905,6 @@ mod tests {
             ..b
         };
         assert!(paged_attention(&q, &cache, &cache, &b2, &g, &p, &mut out).is_err());
-    }
-
-    /// One benchmark workload: per sequence (cached tokens, new query tokens).
-    struct Workload {
-        name: &'static str,
-        seqs: Vec<(usize, usize)>,
-        /// Calls per timed run, each on the next of `layers` distinct caches.
-        calls: usize,
-        layers: usize,
-        reps: usize,
-    }
-
-    /// The caches, batch and queries of one workload with KV type `K`.
-    struct BenchSetup<K> {
-        caches: Vec<(Vec<K>, Vec<K>)>,
-        q: Vec<f32>,
-        qsl: Vec<i32>,
-        lens: Vec<i32>,
-        tables: Vec<i32>,
-        max_blocks: usize,
-        g: Geometry,
-        flops: f64,
-    }
-
-    fn bench_setup<K: KvElem>(w: &Workload, conv: fn(f32) -> K) -> BenchSetup<K> {
-        // SmolLM2-135M's attention geometry.
-        let (nh, nkv, d, bs) = (9, 3, 64, 16);
-        let mut seed = 7u64;
-        let max_blocks = w
-            .seqs
-            .iter()
-            .map(|s| (s.0 + s.1).div_ceil(bs))
-            .max()
-            .unwrap_or(1);
-        let num_blocks: usize = w.seqs.iter().map(|s| (s.0 + s.1).div_ceil(bs)).sum();
-        // Scattered block ids: a shuffled permutation.
-        let mut perm: Vec<i32> = (0..num_blocks as i32).collect();
-        for i in (1..perm.len()).rev() {
-            seed = tessera_core::model::random::splitmix64(seed);
-            perm.swap(i, (seed % (i as u64 + 1)) as usize);
-        }
-        let mut tables = vec![0i32; w.seqs.len() * max_blocks];
-        let mut next = 0;
-        let (mut qsl, mut lens, mut flops) = (vec![0i32], vec![], 0f64);
-        for (s, &(cached, new)) in w.seqs.iter().enumerate() {
-            let len = cached + new;
-            for b in 0..len.div_ceil(bs) {
-                tables[s * max_blocks + b] = perm[next];
-                next += 1;
-            }
-            qsl.push(qsl[s] + new as i32);
-            lens.push(len as i32);
-            // Each query head sees cached + j + 1 positions: 2d flops for q.k, 2d for p.v.
-            let seen: usize = (0..new).map(|j| cached + j + 1).sum();
-            flops += (seen * nh * 4 * d) as f64;
-        }
-        let n = num_blocks * nkv * bs * d;
-        let caches = (0..w.layers)
-            .map(|_| {
-                let mut v = || (0..n).map(|_| conv(rand(&mut seed))).collect::<Vec<K>>();
-                (v(), v())
-            })
-            .collect();
-        let tokens = *qsl.last().unwrap_or(&0) as usize;
-        let q = (0..tokens * nh * d).map(|_| rand(&mut seed)).collect();
-        BenchSetup {
-            caches,
-            q,
-            qsl,
-            lens,
-            tables,
-            max_blocks,
-            g: Geometry {
-                num_heads: nh,
-                num_kv_heads: nkv,
-                head_dim: d,
-                num_blocks,
-                block_size: bs,
-            },
-            flops: flops * w.calls as f64,
-        }
-    }
-
-    /// Best-of-`reps` milliseconds for `calls` calls, and GFLOP/s.
-    fn bench_run<K: KvElem>(
-        path: Path,
-        w: &Workload,
-        s: &BenchSetup<K>,
-        pool: &rayon::ThreadPool,
-    ) -> (f64, f64) {
-        let b = Batch {
-            query_start_loc: &s.qsl,
-            seq_lens: &s.lens,
-            block_tables: &s.tables,
-            max_blocks: s.max_blocks,
-        };
-        let p = AttentionParams {
-            scale: 0.125,
-            causal: true,
-            sliding_window: None,
-            softcap: None,
-        };
-        let mut out = vec![0f32; s.q.len()];
-        let mut best = f64::INFINITY;
-        for _ in 0..w.reps {
-            let t = std::time::Instant::now();
-            pool.install(|| {
-                for c in 0..w.calls {
-                    let (k, v) = &s.caches[c % w.layers];
-                    paged_attention_on(path, &s.q, k, v, &b, &s.g, &p, &mut out)
-                        .expect("attention");
-                }
-            });
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        (best * 1e3, s.flops / best / 1e9)
-    }
-
-    /// `cargo test -p tessera-cpu --release bench_paged_attention -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn bench_paged_attention() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .expect("pool");
-        let workloads = [
-            Workload {
-                name: "decode 64x1, ctx 128-256, 30 calls",
-                seqs: (0..64).map(|i| (127 + (i * 67) % 129, 1)).collect(),
-                calls: 30,
-                layers: 8,
-                reps: 7,
-            },
-            Workload {
-                name: "decode, one layer (KV in cache)",
-                seqs: (0..64).map(|i| (127 + (i * 67) % 129, 1)).collect(),
-                calls: 30,
-                layers: 1,
-                reps: 7,
-            },
-            Workload {
-                name: "prefill 16x128",
-                seqs: vec![(0, 128); 16],
-                calls: 1,
-                layers: 1,
-                reps: 7,
-            },
-            Workload {
-                name: "long 1x2048",
-                seqs: vec![(0, 2048)],
-                calls: 1,
-                layers: 1,
-                reps: 3,
-            },
-        ];
-        // ATTENTION_PATH=Avx512 (say) runs only that path.
-        let want = std::env::var("ATTENTION_PATH").unwrap_or_default();
-        let paths: Vec<Path> = Path::ALL
-            .into_iter()
-            .filter(|p| p.usable(64) && format!("{p:?}").contains(want.as_str()))
-            .collect();
-        // ATTENTION_BENCH=substring picks workloads by name, and
-        let only = std::env::var("ATTENTION_BENCH").unwrap_or_default();
-        for w in workloads.iter().filter(|w| w.name.contains(only.as_str())) {
-            let s = bench_setup(w, |x| x);
-            for &path in &paths {
-                let (ms, gf) = bench_run(path, w, &s, &pool);
-                println!("{:<36} f32  {path:<7?}{ms:9.2} ms {gf:7.1} GFLOP/s", w.name);
-            }
-            drop(s);
-            let s = bench_setup(w, bf16::from_f32);
-            for &path in &paths {
-                let (ms, gf) = bench_run(path, w, &s, &pool);
-                println!("{:<36} bf16 {path:<7?}{ms:9.2} ms {gf:7.1} GFLOP/s", w.name);
-            }
-        }
     }
 
     #[test]

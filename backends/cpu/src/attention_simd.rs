@@ -27,18 +27,6 @@
 
 use crate::attention::{Job, KvElem};
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
-
-/// Whether the CPU has AVX-512 F+BW+VL (and AVX2+FMA); detected once.
-pub(crate) fn has_avx512() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && crate::features::has_avx2_fma()
-    })
-}
 
 /// Per-thread working memory of a job, grown on demand and reused.
 #[derive(Default)]
@@ -51,7 +39,7 @@ pub(crate) struct Scratch {
 /// `out[t * out_stride + h * head_dim..][..head_dim]`.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F+BW+VL and AVX2+FMA ([`has_avx512`]); head_dim is
+/// The CPU supports AVX-512 F+BW+VL and AVX2+FMA (`crate::features::has_avx512`); head_dim is
 /// a multiple of 16; the job is valid (see [`Job`]): every block id in its
 /// table for positions below `seq_len` is `< num_blocks` and both caches hold
 /// at least `num_blocks * num_kv_heads * block_size * head_dim` elements.

@@ -14,7 +14,7 @@
 //!   chunk), split over tokens as well when `n` is small. Every weight vector
 //!   loaded (and widened) serves 4 tokens and every activation vector 4 rows.
 //!
-//! Measured on Zen 4 (see `matmul_bench`), copying operands into packed,
+//! Measured on Zen 4: copying operands into packed,
 //! padded or `k`-tiled buffers was slower than this, so there is none: bf16
 //! prefill runs at ~90% of the FMA peak, f32 at 70-90%.
 
@@ -524,119 +524,5 @@ mod tests {
         // Small n, many tokens: split over tokens too.
         let p = Plan::new(256, 512, 16, 4);
         assert!(256usize.div_ceil(p.mc) >= 4, "{p:?}");
-    }
-
-    /// Throughput table. Run with
-    /// `cargo test -p tessera-cpu --release matmul_bench -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn matmul_bench() {
-        use std::time::Instant;
-
-        let threads = rayon::current_num_threads();
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("1-thread pool");
-        // Memory read bandwidth: sum a 512 MiB array, one contiguous half per
-        // thread (and on one thread), best of 8.
-        let big = vec![1.0f32; 128 << 20];
-        let sum = |c: &[f32]| {
-            let mut acc = [0.0f32; 16];
-            for v in c.chunks_exact(16) {
-                for l in 0..16 {
-                    acc[l] += v[l];
-                }
-            }
-            acc.iter().sum::<f32>()
-        };
-        let bandwidth = |threads: usize| {
-            let mut best = 0.0f64;
-            for _ in 0..8 {
-                let t = Instant::now();
-                let s: f32 = big.par_chunks(big.len().div_ceil(threads)).map(sum).sum();
-                std::hint::black_box(s);
-                best = best.max((big.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
-            }
-            best
-        };
-        let (bw_all, bw_one) = (bandwidth(threads), one.install(|| bandwidth(1)));
-        drop(big);
-        println!(
-            "simd={} read bandwidth (512 MiB sum, best of 8): {bw_all:.1} GB/s on {threads} threads, {bw_one:.1} GB/s on 1",
-            simd_level()
-        );
-        println!(
-            "{:<7} {:>4} {:>5} {:>6} {:>5} | {:>9} {:>8} {:>7} | {:>9} {:>8} {:>7}",
-            "level",
-            "m",
-            "k",
-            "n",
-            "dtype",
-            "time",
-            "GFLOP/s",
-            "W GB/s",
-            "1 thread",
-            "GFLOP/s",
-            "W GB/s"
-        );
-        // Median time of ~0.3 s of repetitions.
-        let time = |f: &mut dyn FnMut()| {
-            f();
-            let mut times = Vec::new();
-            let start = Instant::now();
-            while start.elapsed().as_secs_f64() < 0.3 || times.len() < 5 {
-                let t = Instant::now();
-                f();
-                times.push(t.elapsed().as_secs_f64());
-            }
-            times.sort_by(f64::total_cmp);
-            times[times.len() / 2]
-        };
-
-        let mut rng = Rng(1);
-        let shapes = [
-            (1, 576, 1536),
-            (1, 576, 49152),
-            (1, 2048, 8192),
-            (128, 576, 1536),
-            (128, 2048, 8192),
-        ];
-        let mut lv = vec![simd::level()];
-        if simd::level() == Level::Avx512 && Level::Avx2.is_supported() {
-            lv.push(Level::Avx2);
-        }
-        for level in lv {
-            for (m, k, n) in shapes {
-                let x = rng.vec(m * k);
-                let w = rng.vec(n * k);
-                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-                let mut out = vec![0.0f32; m * n];
-                for is_bf16 in [false, true] {
-                    let wt = if is_bf16 {
-                        WeightRows::BF16(&wb)
-                    } else {
-                        WeightRows::F32(&w)
-                    };
-                    let wbytes = (n * k * if is_bf16 { 2 } else { 4 }) as f64;
-                    let flops = 2.0 * (m * n * k) as f64;
-                    let t2 = time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out));
-                    let t1 = one.install(|| {
-                        time(&mut || matmul_with(level, &x, m, k, wt, n, None, &mut out))
-                    });
-                    println!(
-                        "{:<7} {m:>4} {k:>5} {n:>6} {:>5} | {:>7.0}us {:>8.1} {:>7.1} | {:>7.0}us {:>8.1} {:>7.1}",
-                        level.name(),
-                        if is_bf16 { "bf16" } else { "f32" },
-                        t2 * 1e6,
-                        flops / t2 / 1e9,
-                        wbytes / t2 / 1e9,
-                        t1 * 1e6,
-                        flops / t1 / 1e9,
-                        wbytes / t1 / 1e9
-                    );
-                }
-            }
-        }
     }
 }

@@ -69,28 +69,12 @@ impl Level {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 fn avx2_supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    crate::features::has_avx2_fma()
 }
 
-#[cfg(target_arch = "x86_64")]
 fn avx512_supported() -> bool {
-    // The AVX-512 kernels also use AVX2/FMA encodings for 128/256-bit helpers.
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && avx2_supported()
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx2_supported() -> bool {
-    false
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx512_supported() -> bool {
-    false
+    crate::features::has_avx512()
 }
 
 #[cfg(target_arch = "aarch64")]

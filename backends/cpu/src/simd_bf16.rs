@@ -8,12 +8,7 @@
 pub(crate) fn supported() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512bf16")
-    })
+    *HAS.get_or_init(|| crate::features::has_avx512() && is_x86_feature_detected!("avx512bf16"))
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -3,7 +3,7 @@
 //! takes over when there are many sequences).
 
 use super::runner::{Runner, StepBatch};
-use super::sampler::{sample, SamplingParams};
+use super::sampler::{sample_token, SamplingParams};
 use crate::{Error, Result};
 use std::time::{Duration, Instant};
 
@@ -88,13 +88,20 @@ pub fn generate(
     stats.prefill_time = start.elapsed();
 
     let mut logits = logits.ok_or_else(|| Error::invalid("no prefill step ran"))?;
+    let mut output: Vec<u32> = Vec::with_capacity(opts.max_tokens);
     for len in prompt.len()..prompt.len() + opts.max_tokens {
-        let next = sample(&logits.to_f32_vec(), &opts.sampling, len as u64);
+        let mut row = match logits.data {
+            crate::HostData::F32(v) => v,
+            _ => logits.to_f32_vec(),
+        };
+        let p = &opts.sampling;
+        let next = sample_token(&mut row, p, prompt, &output, &[], p.seed, len as u64).token;
         if opts.stop_ids.contains(&next) {
             stats.finish_reason = "stop".into();
             break;
         }
         stats.generated_tokens += 1;
+        output.push(next);
         if !on_token(next)? || stats.generated_tokens == opts.max_tokens {
             break;
         }

@@ -235,18 +235,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// bias and the distribution shaping (temperature, top-k, top-p, min-p) apply;
 /// penalties and `min_tokens` need the token history, see [`sample_token`].
 pub fn sample(logits: &[f32], p: &SamplingParams, position: u64) -> u32 {
-    if p.logit_bias.is_empty() {
-        return choose(logits, p, p.seed, position);
-    }
-    let mut l = logits.to_vec();
-    for &(t, b) in &p.logit_bias {
-        if let Some(x) = l.get_mut(t as usize) {
-            if b.is_finite() {
-                *x += b;
-            }
-        }
-    }
-    choose(&l, p, p.seed, position)
+    sample_token(&mut logits.to_vec(), p, &[], &[], &[], p.seed, position).token
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -2047,107 +2036,5 @@ mod tests {
             ..ok.clone()
         };
         assert!(good.validate(100, 4096).is_ok());
-    }
-
-    /// `cargo test --release -p tessera-core sampler_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn sampler_speed() {
-        let v = 49_152;
-        let seqs = 256;
-        // Zipf-like ranks (p ~ 1/r^1.1, a high-entropy position), a peaked
-        // position (one token 8 above a bulk of sd 2) and a flat worst case.
-        let zipf = |s: u64| -> Vec<f32> {
-            let mut l = vec![0.0f32; v];
-            for r in 0..v {
-                let at = (splitmix64(s ^ r as u64) % v as u64) as usize;
-                l[at] = l[at].max(-1.1 * ((r + 1) as f32).ln() + 10.0);
-            }
-            l
-        };
-        let peaked = |s: u64| -> Vec<f32> {
-            let mut l = random_logits(v, s, 7.0);
-            l[(s as usize * 31) % v] = 12.0;
-            l
-        };
-        let kinds: [(&str, Vec<Vec<f32>>); 3] = [
-            ("zipf", (0..seqs).map(|s| zipf(s as u64)).collect()),
-            ("peaked", (0..seqs).map(|s| peaked(s as u64)).collect()),
-            (
-                "flat",
-                (0..seqs)
-                    .map(|s| random_logits(v, s as u64, 24.0))
-                    .collect(),
-            ),
-        ];
-        let history: Vec<u32> = (0..1500).map(|i| (i * 37 % v) as u32).collect();
-        let configs = [
-            ("greedy", SamplingParams::default()),
-            ("temperature 0.8", temp(0.8, 1)),
-            (
-                "top_p 0.95",
-                SamplingParams {
-                    top_p: 0.95,
-                    ..temp(0.8, 1)
-                },
-            ),
-            (
-                "top_k 50",
-                SamplingParams {
-                    top_k: 50,
-                    ..temp(0.8, 1)
-                },
-            ),
-            (
-                "top_k 50 + top_p 0.9",
-                SamplingParams {
-                    top_k: 50,
-                    top_p: 0.9,
-                    ..temp(0.8, 1)
-                },
-            ),
-            (
-                "min_p 0.05",
-                SamplingParams {
-                    min_p: 0.05,
-                    ..temp(0.8, 1)
-                },
-            ),
-            (
-                "penalties (1500 history)",
-                SamplingParams {
-                    repetition_penalty: 1.1,
-                    frequency_penalty: 0.5,
-                    presence_penalty: 0.5,
-                    ..temp(0.8, 1)
-                },
-            ),
-            (
-                "logprobs 5",
-                SamplingParams {
-                    logprobs: Some(5),
-                    ..temp(0.8, 1)
-                },
-            ),
-        ];
-        let mut buf = vec![0.0f32; v];
-        for (kind, logits) in &kinds {
-            let start = std::time::Instant::now();
-            for l in logits {
-                buf.copy_from_slice(l);
-            }
-            eprintln!("{kind}: copying the logits alone: {:.2?}", start.elapsed());
-            for (name, p) in &configs {
-                let start = std::time::Instant::now();
-                let mut sink = 0u64;
-                for l in logits {
-                    buf.copy_from_slice(l);
-                    let (prompt, output) = history.split_at(1000);
-                    sink += sample_token(&mut buf, p, prompt, output, &[0], 1, 5).token as u64;
-                }
-                let el = start.elapsed();
-                eprintln!("  {name:>26}: {el:>8.2?} per step of {seqs} x {v} ({sink})");
-            }
-        }
     }
 }
