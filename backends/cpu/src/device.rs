@@ -4,7 +4,7 @@ use crate::ops::CpuKernels;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::Arc;
 use tessera_core::hal::{
-    self, Buffer, Capabilities, Device, DeviceMemory, Executable, Graph, KvLayout, MemoryInfo,
+    self, Buffer, Capabilities, Device, DeviceMemory, Executable, Graph, Kernels, KvLayout, MemoryInfo,
     Tensor, WeightMap,
 };
 use tessera_core::{DType, Error, Result};
@@ -184,6 +184,10 @@ impl Device for CpuDevice {
             inner,
             kernels: self.kernels.clone(),
         }))
+    }
+
+    fn kernels(&self) -> Option<Arc<dyn Kernels>> {
+        Some(self.kernels.clone())
     }
 }
 

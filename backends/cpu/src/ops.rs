@@ -41,6 +41,10 @@ impl Kernels for CpuKernels {
         "cpu"
     }
 
+    fn native_optional_ops(&self) -> &'static [&'static str] {
+        &["add_rms_norm", "sample"]
+    }
+
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
         Ok(Buffer::new(Arc::new(HostMemory::new(bytes)?)))
     }

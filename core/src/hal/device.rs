@@ -1,9 +1,11 @@
 //! A device: memory, transfers, capabilities and compilation of graphs.
 
 use super::graph::Graph;
+use super::kernels::Kernels;
 use super::tensor::{Buffer, Tensor};
 use crate::{DType, Result};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub trait Device: Send + Sync {
     /// `cpu`, `cuda:0`, ...
@@ -37,6 +39,13 @@ pub trait Device: Send + Sync {
     /// values by name; the executable keeps them alive. Eager backends implement
     /// this as one call to `hal::interpreter::compile` with their `Kernels`.
     fn compile(&self, graph: &Graph, weights: &WeightMap) -> Result<Box<dyn Executable>>;
+
+    /// The op kernels of an eager backend, so the conformance suite can call each
+    /// one on buffers it guards with sentinels. Compiling backends keep `None`
+    /// and are tested through one-op graphs instead.
+    fn kernels(&self) -> Option<Arc<dyn Kernels>> {
+        None
+    }
 }
 
 /// Weights already on the device, by name.

@@ -42,6 +42,13 @@ pub trait Kernels: Send + Sync {
 
     // Optional: defaults compose the required ops or say the op is missing.
 
+    /// The optional ops below that this backend implements itself (names as in
+    /// `Op::name`); `tessera conformance --mode support` reports the rest as
+    /// composed or missing.
+    fn native_optional_ops(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// `residual_out = x + residual; out = rms_norm(residual_out)`.
     fn add_rms_norm(
         &self,
