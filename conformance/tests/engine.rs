@@ -1,7 +1,8 @@
-//! Engine invariants on the cpu backend: batching, chunking, prefix caching,
-//! preemption and seeds never change what a request gets; n > 1 shares the
-//! prompt's blocks; block accounting balances under random traffic; bad requests
-//! are refused with a typed error while the engine keeps serving.
+//! Engine behaviour on the cpu backend beyond the suite's engine layer (which
+//! every backend runs through `backend_suite!`): n > 1 shares the prompt's
+//! blocks; block accounting balances under random traffic; bad requests are
+//! refused with a typed error while the engine keeps serving; priorities; the
+//! async handle; the default model batched equals alone.
 
 use std::collections::HashMap;
 use tessera_conformance::{fixtures_dir, runner};
@@ -107,67 +108,6 @@ fn alone(src: &ModelSource, p: &[u32], params: SamplingParams) -> Vec<u32> {
     drain(&mut e)
         .remove(&("alone".to_string(), 0))
         .expect("output")
-}
-
-#[test]
-fn batched_chunked_and_cached_equal_alone() {
-    let src = tiny();
-    let prompts: Vec<Vec<u32>> = (0..5).map(|i| prompt(i, 3 + 7 * i as usize)).collect();
-    let want: Vec<Vec<u32>> = prompts.iter().map(|p| alone(&src, p, greedy(12))).collect();
-    // Batched, with a 6-token step budget: prompts are chunked and mix with decodes.
-    for budget in [6usize, 64] {
-        let mut e = engine(&src, 64, 4, 8, budget);
-        for (i, p) in prompts.iter().enumerate() {
-            e.add_request(&format!("r{i}"), p.clone(), greedy(12), 0)
-                .expect("add");
-        }
-        let got = drain(&mut e);
-        for (i, w) in want.iter().enumerate() {
-            assert_eq!(
-                &got[&(format!("r{i}"), 0)],
-                w,
-                "request {i} with budget {budget}"
-            );
-        }
-    }
-    // Prefix hit: the same prompts again on a warm engine reuse cached blocks.
-    let mut e = engine(&src, 64, 4, 8, 64);
-    e.add_request("cold", prompts[4].clone(), greedy(12), 0)
-        .expect("add");
-    let cold = drain(&mut e);
-    let hits_before = e.block_stats().prefix_hits;
-    e.add_request("warm", prompts[4].clone(), greedy(12), 0)
-        .expect("add");
-    let warm = drain(&mut e);
-    assert!(
-        e.block_stats().prefix_hits > hits_before,
-        "the second run should hit the prefix cache"
-    );
-    assert_eq!(warm[&("warm".into(), 0)], cold[&("cold".into(), 0)]);
-    assert_eq!(cold[&("cold".into(), 0)], want[4]);
-}
-
-#[test]
-fn preempted_equals_uninterrupted_and_seeds_ignore_the_batch() {
-    let src = tiny();
-    let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(10 + i, 9 + 3 * i as usize)).collect();
-    let want: Vec<Vec<u32>> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| alone(&src, p, seeded(20, 7 + i as u64)))
-        .collect();
-    // 14 blocks of 4 tokens: not enough for all four sequences at full length (48 tokens
-    // = 12+ blocks each), so the newest are preempted and recomputed.
-    let mut e = engine(&src, 14, 4, 8, 64);
-    for (i, p) in prompts.iter().enumerate() {
-        e.add_request(&format!("r{i}"), p.clone(), seeded(20, 7 + i as u64), 0)
-            .expect("add");
-    }
-    let got = drain(&mut e);
-    assert!(e.preemptions > 0, "the tiny pool should force preemption");
-    for (i, w) in want.iter().enumerate() {
-        assert_eq!(&got[&(format!("r{i}"), 0)], w, "request {i}");
-    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The `tessera` binary.
 
 mod bench;
+mod conformance;
 mod devices;
 mod generate;
 mod session;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 
 // Linking a backend crate registers it; naming something in it makes sure the
 // linker keeps it.
-const LINKED_BACKENDS: &[&str] = &[tessera_cpu::BACKEND_NAME];
+const LINKED_BACKENDS: &[&str] = &[tessera_cpu::BACKEND_NAME, tessera_reference::BACKEND_NAME];
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,8 @@ enum Command {
     /// Measure speed; prints a table and writes JSON.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Check a backend against the f64 reference and golden outputs.
+    Conformance(conformance::Args),
 }
 
 fn init_logging() {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Devices(a) => devices::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Conformance(a) => conformance::run_cli(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -254,7 +254,10 @@ impl Graph {
         }
     }
 
-    fn node(&mut self, op: Op, inputs: Vec<ValueId>, outs: Vec<TensorType>) -> Vec<ValueId> {
+    /// Appends `op` with the given output types, without the shape checks of
+    /// the typed builders below (which model code should use). The conformance
+    /// suite builds its one-op graphs with it.
+    pub fn node(&mut self, op: Op, inputs: Vec<ValueId>, outs: Vec<TensorType>) -> Vec<ValueId> {
         let idx = self.nodes.len();
         let outputs: Vec<ValueId> = outs
             .into_iter()

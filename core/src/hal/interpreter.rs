@@ -162,7 +162,6 @@ impl Interpreted {
     }
 
     fn run_node(&self, node: &Node, inputs: &[Tensor], state: &[Tensor]) -> Result<()> {
-        let k = &*self.kernels;
         let i: Vec<Tensor> = node
             .inputs
             .iter()
@@ -173,27 +172,55 @@ impl Interpreted {
             .iter()
             .map(|&v| self.tensor(v, inputs, state))
             .collect();
-        match &node.op {
-            Op::Embedding => k.embedding(&i[0], &i[1], &o[0]),
-            Op::Linear => k.linear(&i[0], &i[1], i.get(2), &o[0]),
-            Op::RmsNorm { eps } => k.rms_norm(&i[0], &i[1], *eps, &o[0]),
-            Op::AddRmsNorm { eps } => k.add_rms_norm(&i[0], &i[1], &i[2], *eps, &o[0], &o[1]),
-            Op::Rope(p) => k.rope(&i[0], &i[1], p, &o[0]),
-            Op::SiluMul => k.silu_mul(&i[0], &i[1], &o[0]),
-            Op::Add => k.add(&i[0], &i[1], &o[0]),
-            Op::KvWrite => k.kv_write(&i[0], &i[1], &i[2]),
-            Op::PagedAttention(p) => {
-                let batch = AttentionBatch {
-                    query_start_loc: &i[3],
-                    seq_lens: &i[4],
-                    block_tables: &i[5],
-                };
-                k.paged_attention(&i[0], &i[1], &i[2], &batch, p, &o[0])
-            }
-            Op::GatherLast => k.gather_last(&i[0], &i[1], &o[0]),
-            Op::Argmax => k.argmax(&i[0], &o[0]),
-            Op::Sample => k.sample(&i[0], &i[1], &i[2], &o[0]),
+        dispatch(&*self.kernels, &node.op, &i, &o)
+    }
+}
+
+/// Calls the kernel of `op` with the node's input and output tensors, in the
+/// order the graph builder gives them (see `graph.rs`). Shared with the
+/// conformance suite, which calls kernels on buffers it guards.
+pub fn dispatch(k: &dyn Kernels, op: &Op, i: &[Tensor], o: &[Tensor]) -> Result<()> {
+    let ((min_in, max_in, outs), (n_in, n_out)) = (op_arity(op), (i.len(), o.len()));
+    if n_in < min_in || n_in > max_in || n_out != outs {
+        return Err(Error::invalid(format!(
+            "{} takes {min_in}..={max_in} inputs and {outs} outputs, got {n_in} and {n_out}",
+            op.name()
+        )));
+    }
+    match op {
+        Op::Embedding => k.embedding(&i[0], &i[1], &o[0]),
+        Op::Linear => k.linear(&i[0], &i[1], i.get(2), &o[0]),
+        Op::RmsNorm { eps } => k.rms_norm(&i[0], &i[1], *eps, &o[0]),
+        Op::AddRmsNorm { eps } => k.add_rms_norm(&i[0], &i[1], &i[2], *eps, &o[0], &o[1]),
+        Op::Rope(p) => k.rope(&i[0], &i[1], p, &o[0]),
+        Op::SiluMul => k.silu_mul(&i[0], &i[1], &o[0]),
+        Op::Add => k.add(&i[0], &i[1], &o[0]),
+        Op::KvWrite => k.kv_write(&i[0], &i[1], &i[2]),
+        Op::PagedAttention(p) => {
+            let batch = AttentionBatch {
+                query_start_loc: &i[3],
+                seq_lens: &i[4],
+                block_tables: &i[5],
+            };
+            k.paged_attention(&i[0], &i[1], &i[2], &batch, p, &o[0])
         }
+        Op::GatherLast => k.gather_last(&i[0], &i[1], &o[0]),
+        Op::Argmax => k.argmax(&i[0], &o[0]),
+        Op::Sample => k.sample(&i[0], &i[1], &i[2], &o[0]),
+    }
+}
+
+/// (fewest inputs, most inputs, outputs) of each op.
+fn op_arity(op: &Op) -> (usize, usize, usize) {
+    match op {
+        Op::Linear => (2, 3, 1),
+        Op::AddRmsNorm { .. } => (3, 3, 2),
+        // The output is the cache itself, updated in place.
+        Op::KvWrite => (3, 3, 1),
+        Op::PagedAttention(_) => (6, 6, 1),
+        Op::Sample => (3, 3, 1),
+        Op::Argmax => (1, 1, 1),
+        _ => (2, 2, 1),
     }
 }
 

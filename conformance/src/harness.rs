@@ -1,0 +1,81 @@
+//! Small drivers the models and engine layers share: a runner on a device,
+//! prompt logits in one step, greedy decoding.
+
+use std::sync::Arc;
+use tessera_core::engine::{
+    generate, DeviceModel, GenerateOptions, KvCache, Runner, SamplingParams, StepBatch,
+};
+use tessera_core::hal::{open_device, Capabilities, Device};
+use tessera_core::model::llama::KvShape;
+use tessera_core::model::ModelSource;
+use tessera_core::{DType, Result};
+
+/// Loads `source` on `dev` with room for `context` tokens.
+pub fn runner_on(
+    dev: &Arc<dyn Device>,
+    source: &ModelSource,
+    dtype: DType,
+    context: usize,
+    block_size: usize,
+) -> Result<Runner> {
+    let model = DeviceModel::load(dev.clone(), source, dtype)?;
+    let shape = KvShape {
+        num_blocks: context.div_ceil(block_size),
+        block_size,
+    };
+    let kv = KvCache::new(dev.as_ref(), &source.config, model.dtypes.kv, shape)?;
+    Ok(Runner::new(model, kv))
+}
+
+/// `runner_on` a device opened by name (`cpu`, `reference`, ...).
+pub fn runner(
+    source: &ModelSource,
+    device: &str,
+    dtype: DType,
+    context: usize,
+    block_size: usize,
+) -> Result<Runner> {
+    runner_on(&open_device(device, None)?, source, dtype, context, block_size)
+}
+
+/// The block size the device takes closest to `want`.
+pub fn block_size(caps: &Capabilities, want: usize) -> usize {
+    caps.block_sizes
+        .iter()
+        .copied()
+        .min_by_key(|b| (b.abs_diff(want), *b))
+        .unwrap_or(want)
+}
+
+/// Logits at every position of `prompt`, run as one prefill step.
+pub fn prompt_logits(runner: &mut Runner, prompt: &[u32]) -> Result<Vec<f32>> {
+    let bs = runner.kv.shape.block_size;
+    let n = prompt.len();
+    let positions: Vec<u32> = (0..n as u32).collect();
+    let batch = StepBatch {
+        tokens: prompt.to_vec(),
+        slots: positions.clone(),
+        positions,
+        query_start_loc: vec![0, n as u32],
+        seq_lens: vec![n as u32],
+        block_tables: vec![(0..n.div_ceil(bs) as u32).collect()],
+        all_logits: true,
+    };
+    Ok(runner.step(&batch)?.to_f32_vec())
+}
+
+/// `steps` greedy tokens after `prompt`, never stopping at EOS.
+pub fn greedy(runner: &mut Runner, prompt: &[u32], steps: usize) -> Result<Vec<u32>> {
+    let opts = GenerateOptions {
+        max_tokens: steps,
+        sampling: SamplingParams::default(),
+        stop_ids: vec![],
+        prefill_chunk: 512,
+    };
+    let mut out = vec![];
+    generate(runner, prompt, &opts, |id| {
+        out.push(id);
+        Ok(true)
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,134 @@
+//! The three layers behind one call, as `tessera conformance` and the vendor
+//! macro run them.
+
+use crate::ops::{self, Path};
+use crate::report::{Check, Layer, Report};
+use crate::{invariants, models};
+use std::sync::Arc;
+use tessera_core::hal::{open_device, Device};
+use tessera_core::{Error, Result};
+
+/// The reference backend's name. Naming it links the crate, so its
+/// registration is always present where the suite is.
+pub const REFERENCE: &str = tessera_reference::BACKEND_NAME;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Layers to run; all when empty.
+    pub layers: Vec<Layer>,
+    /// Only this op (ops layer).
+    pub op: Option<String>,
+    pub path: Path,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            layers: Layer::ALL.to_vec(),
+            op: None,
+            path: Path::Auto,
+        }
+    }
+}
+
+/// Refuses an op name the suite does not know, listing the ones it does.
+pub fn check_op_name(op: &str) -> Result<()> {
+    if crate::ops::cases::OPS.contains(&op) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "unknown op {op:?}; choose one of: {}",
+            crate::ops::cases::OPS.join(", ")
+        )))
+    }
+}
+
+/// Opens `device` and runs the chosen layers on it.
+pub fn run(device: &str, opts: &Options) -> Result<Report> {
+    let dev = open_device(device, None)?;
+    run_on(device, &dev, opts)
+}
+
+pub fn run_on(device: &str, dev: &Arc<dyn Device>, opts: &Options) -> Result<Report> {
+    if let Some(op) = &opts.op {
+        check_op_name(op)?;
+    }
+    let reference = open_device(REFERENCE, None)?;
+    let layers = if opts.layers.is_empty() {
+        Layer::ALL.to_vec()
+    } else {
+        opts.layers.clone()
+    };
+    let mut checks: Vec<Check> = vec![];
+    for layer in layers {
+        match layer {
+            Layer::Ops => checks.extend(ops::check(
+                dev.as_ref(),
+                reference.as_ref(),
+                opts.op.as_deref(),
+                opts.path,
+            )?),
+            Layer::Models => checks.extend(models::check(dev)),
+            Layer::Engine => checks.extend(invariants::check(dev)),
+        }
+    }
+    Ok(Report {
+        device: device.to_string(),
+        backend: dev.name(),
+        checks,
+    })
+}
+
+/// Runs one layer and panics with the failing rows: the body of the tests
+/// `backend_suite!` generates.
+pub fn assert_layer(device: &str, layer: Layer) {
+    let opts = Options {
+        layers: vec![layer],
+        ..Options::default()
+    };
+    let report = match run(device, &opts) {
+        Ok(r) => r,
+        Err(e) => panic!("conformance {} on {device}: {e}", layer.name()),
+    };
+    let mut table = vec![];
+    let _ = report.print(&mut table);
+    let table = String::from_utf8_lossy(&table);
+    eprintln!("{table}");
+    if !report.passed() {
+        let failed: Vec<String> = report
+            .failures()
+            .map(|c| format!("  {} {} {}: {}", c.name, c.dtype, c.group, c.detail))
+            .collect();
+        panic!(
+            "{}\nfailing checks:\n{}",
+            report.summary(),
+            failed.join("\n")
+        );
+    }
+}
+
+/// The vendor kit: one line in a backend crate's `tests/conformance.rs`,
+///
+/// ```ignore
+/// tessera_conformance::backend_suite!(tessera_acme::BACKEND_NAME);
+/// ```
+///
+/// gives three cargo tests (ops, models, engine) that run the whole suite on
+/// that backend. Naming the crate's constant links it, and so registers it.
+#[macro_export]
+macro_rules! backend_suite {
+    ($backend:expr) => {
+        #[test]
+        fn conformance_ops() {
+            $crate::assert_layer($backend, $crate::Layer::Ops);
+        }
+        #[test]
+        fn conformance_models() {
+            $crate::assert_layer($backend, $crate::Layer::Models);
+        }
+        #[test]
+        fn conformance_engine() {
+            $crate::assert_layer($backend, $crate::Layer::Engine);
+        }
+    };
+}
