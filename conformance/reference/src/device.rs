@@ -130,10 +130,11 @@ mod tests {
         let probe = (entry.probe)();
         assert!(probe.available());
         assert_eq!(probe.score, 1);
-        let dev = hal::open_device("reference", Some(2)).expect("open");
-        assert_eq!(dev.name(), "reference");
+        let dev = hal::open_device(crate::BACKEND_NAME, Some(2)).expect("open");
+        assert_eq!(dev.name(), crate::BACKEND_NAME);
         assert!(dev.kernels().is_some());
-        assert!(hal::open_device("reference:1", None).is_err());
+        let second = format!("{}:1", crate::BACKEND_NAME);
+        assert!(hal::open_device(&second, None).is_err());
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub fn alloc(len: usize) -> Result<Buffer> {
 /// The reference memory behind `b`; an error for another backend's buffer.
 pub fn memory(b: &Buffer) -> Result<&RefMemory> {
     b.downcast::<RefMemory>().ok_or_else(|| {
-        Error::invalid("a buffer from another device was passed to the reference backend")
+        Error::invalid(format!(
+            "a buffer from another device was passed to the {} backend",
+            crate::BACKEND_NAME
+        ))
     })
 }

@@ -71,6 +71,8 @@ fn compare_floats(case: &OpCase, want: &[HostTensor], got: &[HostTensor]) -> Che
         let (w, g) = (w.to_f32_vec(), g.to_f32_vec());
         if let Some(i) = g.iter().position(|v| !v.is_finite()) {
             bad = Some(format!("output {k} has {} at element {i} (unwritten or overflow)", g[i]));
+        } else if let Some(why) = worst_element(&w, &g, limit) {
+            bad = Some(format!("output {k}: {why}"));
         }
         worst = worst.max(crate::nmse(&w, &g));
     }
@@ -80,6 +82,33 @@ fn compare_floats(case: &OpCase, want: &[HostTensor], got: &[HostTensor]) -> Che
         None => c,
     }
 }
+
+/// NMSE averages over the whole output, so one wrong element of a large
+/// output can hide under it; no single element may be off by more than
+/// `ELEMENT_FACTOR * sqrt(limit)` times the reference's RMS.
+fn worst_element(want: &[f32], got: &[f32], limit: f64) -> Option<String> {
+    let n = want.len().max(1) as f64;
+    let rms = (want.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / n).sqrt();
+    let (i, err) = want
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .enumerate()
+        .fold((0, 0.0), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+    let allowed = ELEMENT_FACTOR * limit.sqrt() * rms.max(f64::MIN_POSITIVE);
+    (err > allowed).then(|| {
+        format!(
+            "element {i} is {} instead of {} (off by {:.2e}, {:.1}x the reference RMS)",
+            got[i],
+            want[i],
+            err,
+            err / rms.max(f64::MIN_POSITIVE)
+        )
+    })
+}
+
+/// See `worst_element`.
+const ELEMENT_FACTOR: f64 = 30.0;
 
 /// argmax/sample: the backend's token must score as high as the reference's,
 /// up to `INDEX_TIE` (two tokens that close are a tie any order may break).
