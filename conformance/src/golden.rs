@@ -100,7 +100,10 @@ impl Golden {
     }
 
     fn missing(&self, name: &str) -> Error {
-        Error::model(self.path.display(), format!("golden tensor {name} is missing"))
+        Error::model(
+            self.path.display(),
+            format!("golden tensor {name} is missing"),
+        )
     }
 
     pub fn ids(&self, name: &str) -> Result<Vec<u32>> {

@@ -35,7 +35,13 @@ pub fn runner(
     context: usize,
     block_size: usize,
 ) -> Result<Runner> {
-    runner_on(&open_device(device, None)?, source, dtype, context, block_size)
+    runner_on(
+        &open_device(device, None)?,
+        source,
+        dtype,
+        context,
+        block_size,
+    )
 }
 
 /// The block size the device takes closest to `want`.

@@ -27,7 +27,13 @@ impl Setup {
     /// An engine with a pool of `tokens` cache tokens and a step budget.
     fn engine(&self, tokens: usize, budget: usize) -> Result<Engine> {
         let blocks = tokens.div_ceil(self.block_size);
-        let r = runner_on(&self.dev, &self.src, self.dtype, blocks * self.block_size, self.block_size)?;
+        let r = runner_on(
+            &self.dev,
+            &self.src,
+            self.dtype,
+            blocks * self.block_size,
+            self.block_size,
+        )?;
         let cfg = EngineConfig {
             max_num_seqs: 8,
             max_num_batched_tokens: budget,
@@ -50,12 +56,17 @@ impl Setup {
                 return Err(Error::invalid("the engine did not finish in 100000 steps"));
             }
             for o in e.step()? {
-                out.entry(o.request_id.clone()).or_default().extend(&o.token_ids);
+                out.entry(o.request_id.clone())
+                    .or_default()
+                    .extend(&o.token_ids);
             }
-            e.check_blocks().map_err(|m| Error::invalid(format!("block accounting: {m}")))?;
+            e.check_blocks()
+                .map_err(|m| Error::invalid(format!("block accounting: {m}")))?;
         }
         if e.block_stats().used != 0 {
-            return Err(Error::invalid("blocks still held after every request finished"));
+            return Err(Error::invalid(
+                "blocks still held after every request finished",
+            ));
         }
         Ok(out)
     }
@@ -63,12 +74,15 @@ impl Setup {
     fn alone(&self, p: &[u32], params: &SamplingParams) -> Result<Vec<u32>> {
         let mut e = self.engine(256, 64)?;
         let mut out = self.run(&mut e, &[("alone".into(), p.to_vec(), params.clone())])?;
-        out.remove("alone").ok_or_else(|| Error::invalid("no output"))
+        out.remove("alone")
+            .ok_or_else(|| Error::invalid("no output"))
     }
 }
 
 fn prompt(seed: u64, len: usize) -> Vec<u32> {
-    (0..len).map(|i| (splitmix64(seed * 1000 + i as u64) % 256) as u32).collect()
+    (0..len)
+        .map(|i| (splitmix64(seed * 1000 + i as u64) % 256) as u32)
+        .collect()
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
@@ -97,7 +111,14 @@ fn same(name: &str, setup: &Setup, group: &str, want: &[Vec<u32>], got: &Outputs
         .filter(|(i, w)| got.get(&format!("r{i}")) != Some(w))
         .map(|(i, _)| format!("r{i}"))
         .collect();
-    let c = Check::measured(Layer::Engine, name, setup.dtype.name(), group, wrong.len() as f64, 0.0);
+    let c = Check::measured(
+        Layer::Engine,
+        name,
+        setup.dtype.name(),
+        group,
+        wrong.len() as f64,
+        0.0,
+    );
     if wrong.is_empty() {
         c.note(format!("{} requests identical", want.len()))
     } else {
@@ -114,7 +135,9 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
     };
     let setup = || -> Result<Setup> {
         let dir = fixtures_dir().join("tiny/qwen2_bias");
-        let path = dir.to_str().ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
+        let path = dir
+            .to_str()
+            .ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
         Ok(Setup {
             dev: dev.clone(),
             src: model::open(path)?,
@@ -124,7 +147,14 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
     };
     let mut rows = vec![];
     let fail = |name: &str, e: Error| {
-        Check::verdict(Layer::Engine, name, dtype.name(), "qwen2_bias", false, format!("error: {e}"))
+        Check::verdict(
+            Layer::Engine,
+            name,
+            dtype.name(),
+            "qwen2_bias",
+            false,
+            format!("error: {e}"),
+        )
     };
     match setup() {
         Err(e) => rows.push(fail("setup", e)),
@@ -150,13 +180,26 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
 /// budget of 6 tokens (prompts chunked, mixed with decodes) and of 64.
 fn batching(s: &Setup) -> Result<Vec<Check>> {
     let prompts: Vec<Vec<u32>> = (0..5).map(|i| prompt(i, 3 + 7 * i as usize)).collect();
-    let want = prompts.iter().map(|p| s.alone(p, &greedy(12))).collect::<Result<Vec<_>>>()?;
-    let reqs: Vec<_> = prompts.iter().enumerate().map(|(i, p)| (format!("r{i}"), p.clone(), greedy(12))).collect();
+    let want = prompts
+        .iter()
+        .map(|p| s.alone(p, &greedy(12)))
+        .collect::<Result<Vec<_>>>()?;
+    let reqs: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("r{i}"), p.clone(), greedy(12)))
+        .collect();
     let mut rows = vec![];
     for (name, budget) in [("chunked = whole", 6usize), ("batched = alone", 64)] {
         let mut e = s.engine(256, budget)?;
         let got = s.run(&mut e, &reqs)?;
-        rows.push(same(name, s, &format!("5 prompts, {budget}-token steps, bs {}", s.block_size), &want, &got));
+        rows.push(same(
+            name,
+            s,
+            &format!("5 prompts, {budget}-token steps, bs {}", s.block_size),
+            &want,
+            &got,
+        ));
     }
     Ok(rows)
 }
@@ -182,8 +225,16 @@ fn prefix_hit(s: &Setup) -> Result<Check> {
 fn preemption(s: &Setup) -> Result<Vec<Check>> {
     let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(10 + i, 9 + 3 * i as usize)).collect();
     let params = |i: usize| seeded(20, 7 + i as u64);
-    let want = prompts.iter().enumerate().map(|(i, p)| s.alone(p, &params(i))).collect::<Result<Vec<_>>>()?;
-    let reqs: Vec<_> = prompts.iter().enumerate().map(|(i, p)| (format!("r{i}"), p.clone(), params(i))).collect();
+    let want = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| s.alone(p, &params(i)))
+        .collect::<Result<Vec<_>>>()?;
+    let reqs: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("r{i}"), p.clone(), params(i)))
+        .collect();
     // 56 tokens of cache for four sequences of up to 38 tokens.
     let mut e = s.engine(56, 64)?;
     let got = s.run(&mut e, &reqs)?;
@@ -195,6 +246,12 @@ fn preemption(s: &Setup) -> Result<Vec<Check>> {
     // The same seeded requests in a roomy engine, all batched together.
     let mut e = s.engine(512, 64)?;
     let got = s.run(&mut e, &reqs)?;
-    let seeds = same("seeded = reproducible", s, "4 seeded requests batched vs alone", &want, &got);
+    let seeds = same(
+        "seeded = reproducible",
+        s,
+        "4 seeded requests batched vs alone",
+        &want,
+        &got,
+    );
     Ok(vec![pre, seeds])
 }

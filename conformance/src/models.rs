@@ -15,7 +15,12 @@ use tessera_core::hal::Device;
 use tessera_core::model::{self, default_model_path, ModelSource};
 use tessera_core::{DType, Error, Result};
 
-pub const TINY: &[&str] = &["llama_gqa_rope3", "qwen2_bias", "smollm_tied", "mistral_sliding"];
+pub const TINY: &[&str] = &[
+    "llama_gqa_rope3",
+    "qwen2_bias",
+    "smollm_tied",
+    "mistral_sliding",
+];
 
 /// NMSE allowed between two runs of the same backend that only batch or page
 /// differently: summation order may change, nothing else.
@@ -43,26 +48,55 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
     let main = main_dtype(dev.as_ref());
     for &dtype in &caps.weight_dtypes {
         for name in TINY {
-            out.extend(result_rows(tiny(dev, name, dtype, dtype == main), "transformers logits", dtype, name));
+            out.extend(result_rows(
+                tiny(dev, name, dtype, dtype == main),
+                "transformers logits",
+                dtype,
+                name,
+            ));
         }
     }
-    out.extend(result_rows(block_size_invariance(dev, main), "block size invariance", main, "llama_gqa_rope3"));
-    out.extend(result_rows(ragged_batch(dev, main), "ragged batch = alone", main, "qwen2_bias"));
-    out.extend(result_rows(default_model(dev, main), "transformers logits", main, "default model"));
+    out.extend(result_rows(
+        block_size_invariance(dev, main),
+        "block size invariance",
+        main,
+        "llama_gqa_rope3",
+    ));
+    out.extend(result_rows(
+        ragged_batch(dev, main),
+        "ragged batch = alone",
+        main,
+        "qwen2_bias",
+    ));
+    out.extend(result_rows(
+        default_model(dev, main),
+        "transformers logits",
+        main,
+        "default model",
+    ));
     out
 }
 
 /// An error while checking is a failed row, named after what was checked.
 fn result_rows(r: Result<Vec<Check>>, name: &str, dtype: DType, group: &str) -> Vec<Check> {
     r.unwrap_or_else(|e| {
-        vec![Check::verdict(Layer::Models, name, dtype.name(), group, false, format!("error: {e}"))]
+        vec![Check::verdict(
+            Layer::Models,
+            name,
+            dtype.name(),
+            group,
+            false,
+            format!("error: {e}"),
+        )]
     })
 }
 
 fn open_fixture(name: &str) -> Result<(ModelSource, Golden)> {
     let dir = fixtures_dir().join("tiny").join(name);
     let golden = Golden::load(&dir.join("golden.safetensors"))?;
-    let path = dir.to_str().ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
+    let path = dir
+        .to_str()
+        .ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
     Ok((model::open(path)?, golden))
 }
 
@@ -74,7 +108,13 @@ fn tiny(dev: &Arc<dyn Device>, name: &str, dtype: DType, tokens: bool) -> Result
     let prompt = golden.ids("input_ids")?;
     let want_greedy = golden.ids("greedy")?;
     let bs = block_size(&dev.capabilities(), 16);
-    let mut r = runner_on(dev, &source, dtype, prompt.len() + want_greedy.len() + 1, bs)?;
+    let mut r = runner_on(
+        dev,
+        &source,
+        dtype,
+        prompt.len() + want_greedy.len() + 1,
+        bs,
+    )?;
     let logits = prompt_logits(&mut r, &prompt)?;
     let (row, err) = worst_row_nmse(golden.floats("logits")?, &logits, vocab);
     let mut rows = vec![Check::measured(
@@ -106,7 +146,10 @@ fn tokens_row(group: &str, dtype: DType, want: &[u32], got: &[u32]) -> Check {
     match first {
         None if want.len() == got.len() => c.note(format!("{} tokens identical", want.len())),
         None => c.fail(format!("{} tokens instead of {}", got.len(), want.len())),
-        Some(i) => c.fail(format!("diverges at token {i}: {} instead of {}", got[i], want[i])),
+        Some(i) => c.fail(format!(
+            "diverges at token {i}: {} instead of {}",
+            got[i], want[i]
+        )),
     }
 }
 
@@ -115,15 +158,32 @@ fn block_size_invariance(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Chec
     let (small, large) = (block_size(&caps, 8), block_size(&caps, 32));
     let name = "block size invariance";
     if small == large {
-        return Ok(vec![Check::verdict(Layer::Models, name, dtype.name(), "llama_gqa_rope3", true, format!("one block size ({small})"))]);
+        return Ok(vec![Check::verdict(
+            Layer::Models,
+            name,
+            dtype.name(),
+            "llama_gqa_rope3",
+            true,
+            format!("one block size ({small})"),
+        )]);
     }
     let (source, golden) = open_fixture("llama_gqa_rope3")?;
     let prompt = golden.ids("input_ids")?;
     let mut a = runner_on(dev, &source, dtype, 64, small)?;
     let mut b = runner_on(dev, &source, dtype, 64, large)?;
-    let (la, lb) = (prompt_logits(&mut a, &prompt)?, prompt_logits(&mut b, &prompt)?);
+    let (la, lb) = (
+        prompt_logits(&mut a, &prompt)?,
+        prompt_logits(&mut b, &prompt)?,
+    );
     let (_, err) = worst_row_nmse(&la, &lb, source.config.vocab_size);
-    Ok(vec![Check::measured(Layer::Models, name, dtype.name(), format!("llama_gqa_rope3 bs {small} vs {large}"), err, invariance_limit(dtype))])
+    Ok(vec![Check::measured(
+        Layer::Models,
+        name,
+        dtype.name(),
+        format!("llama_gqa_rope3 bs {small} vs {large}"),
+        err,
+        invariance_limit(dtype),
+    )])
 }
 
 /// One ragged step mixing a decode (sequence A: its prompt cached, one new
@@ -134,7 +194,12 @@ fn ragged_batch(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
     let vocab = source.config.vocab_size;
     let a: Vec<u32> = golden.ids("input_ids")?;
     let next_a = golden.ids("greedy")?.first().copied().unwrap_or(1);
-    let b: Vec<u32> = a.iter().rev().take(7).map(|&t| (t * 7 + 3) % vocab as u32).collect();
+    let b: Vec<u32> = a
+        .iter()
+        .rev()
+        .take(7)
+        .map(|&t| (t * 7 + 3) % vocab as u32)
+        .collect();
     let bs = block_size(&dev.capabilities(), 4);
     let context = 4 * (a.len() + b.len() + bs);
 
@@ -150,7 +215,9 @@ fn ragged_batch(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
     let blocks = r.kv.shape.num_blocks as u32;
     let table_a: Vec<u32> = (0..a_full.len().div_ceil(bs) as u32).collect();
     // B's blocks at the far end of the cache, in reverse order.
-    let table_b: Vec<u32> = (0..b.len().div_ceil(bs) as u32).map(|i| blocks - 1 - i).collect();
+    let table_b: Vec<u32> = (0..b.len().div_ceil(bs) as u32)
+        .map(|i| blocks - 1 - i)
+        .collect();
     let slot = |table: &[u32], pos: usize| table[pos / bs] * bs as u32 + (pos % bs) as u32;
     r.step(&StepBatch {
         tokens: a.clone(),
@@ -179,7 +246,14 @@ fn ragged_batch(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
         })?
         .to_f32_vec();
     let err = nmse(alone_a, &together[..vocab]).max(nmse(alone_b, &together[vocab..]));
-    Ok(vec![Check::measured(Layer::Models, "ragged batch = alone", dtype.name(), format!("qwen2_bias decode+prefill bs {bs}"), err, invariance_limit(dtype))])
+    Ok(vec![Check::measured(
+        Layer::Models,
+        "ragged batch = alone",
+        dtype.name(),
+        format!("qwen2_bias decode+prefill bs {bs}"),
+        err,
+        invariance_limit(dtype),
+    )])
 }
 
 /// The default model on the golden prompts: logits, then 64 greedy tokens.
@@ -202,8 +276,15 @@ fn default_model(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
         let logits = prompt_logits(&mut r, &prompt)?;
         let (row, err) = worst_row_nmse(golden.floats(&format!("{name}.logits"))?, &logits, vocab);
         rows.push(
-            Check::measured(Layer::Models, "transformers logits", dtype.name(), &group, err, model_logits_limit(dtype))
-                .note(format!("worst of {} positions at {row}", prompt.len())),
+            Check::measured(
+                Layer::Models,
+                "transformers logits",
+                dtype.name(),
+                &group,
+                err,
+                model_logits_limit(dtype),
+            )
+            .note(format!("worst of {} positions at {row}", prompt.len())),
         );
         if dtype == DType::F32 {
             let want = golden.ids(&format!("{name}.greedy"))?;

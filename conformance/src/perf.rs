@@ -24,7 +24,8 @@ fn time(dev: &dyn Device, case: &OpCase, path: Path) -> Result<f64> {
     let mut p = prepare(dev, case, path)?;
     p.run()?;
     let (mut samples, start) = (vec![], Instant::now());
-    while samples.len() < 3 || (start.elapsed() < Duration::from_millis(200) && samples.len() < 200) {
+    while samples.len() < 3 || (start.elapsed() < Duration::from_millis(200) && samples.len() < 200)
+    {
         let t = Instant::now();
         p.run()?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
@@ -55,7 +56,11 @@ pub fn run(dev: &dyn Device, reference: &dyn Device, only: Option<&str>) -> Resu
 
 pub fn print(t: &[Timing], out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let w = t.iter().map(|x| x.group.len()).max().unwrap_or(5).max(5);
-    writeln!(out, "{:<16} {:<5} {:<w$} {:>12} {:>12} {:>8}", "op", "dtype", "group", "device us", "reference us", "speedup")?;
+    writeln!(
+        out,
+        "{:<16} {:<5} {:<w$} {:>12} {:>12} {:>8}",
+        "op", "dtype", "group", "device us", "reference us", "speedup"
+    )?;
     for x in t {
         writeln!(
             out,

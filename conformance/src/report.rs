@@ -154,8 +154,20 @@ impl Report {
 
     /// The table: layer, check, dtype, group, metric, limit, status, detail.
     pub fn print(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let w_name = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(5).max(5);
-        let w_group = self.checks.iter().map(|c| c.group.len()).max().unwrap_or(5).max(5);
+        let w_name = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let w_group = self
+            .checks
+            .iter()
+            .map(|c| c.group.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         writeln!(
             out,
             "{:<6} {:<w_name$} {:<5} {:<w_group$} {:>9} {:>9} {:<4}  detail",

@@ -73,7 +73,12 @@ pub fn run_on(device: &str, dev: &Arc<dyn Device>, opts: &Options) -> Result<Rep
         }
     }
     Ok(Report {
-        device: device.to_string(),
+        // `auto` says nothing in a published report: name what it picked.
+        device: if device == "auto" {
+            dev.name()
+        } else {
+            device.to_string()
+        },
         backend: dev.name(),
         checks,
     })

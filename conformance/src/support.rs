@@ -28,7 +28,10 @@ pub fn run(dev: &dyn Device) -> Result<Vec<OpSupport>> {
         dtypes.dedup();
         let required = !OPTIONAL_OPS.contains(&op);
         let (status, detail) = match of_op.first().map(|c| run_case(dev, c, Path::Auto)) {
-            None => ("missing".to_string(), "no case for the claimed dtypes".to_string()),
+            None => (
+                "missing".to_string(),
+                "no case for the claimed dtypes".to_string(),
+            ),
             Some(Err(Error::Unsupported { what, .. })) => ("missing".into(), what),
             Some(Err(e)) => ("error".into(), e.to_string()),
             Some(Ok(_)) => match &kernels {
@@ -51,7 +54,11 @@ pub fn run(dev: &dyn Device) -> Result<Vec<OpSupport>> {
 }
 
 pub fn print(s: &[OpSupport], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    writeln!(out, "{:<16} {:<9} {:<9} {:<16} detail", "op", "required", "status", "dtypes")?;
+    writeln!(
+        out,
+        "{:<16} {:<9} {:<9} {:<16} detail",
+        "op", "required", "status", "dtypes"
+    )?;
     for x in s {
         writeln!(
             out,

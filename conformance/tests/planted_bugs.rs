@@ -37,7 +37,8 @@ impl PlantedKernels {
     }
     fn peek(&self, t: &Tensor, byte_offset: usize) -> Result<f32> {
         let mut b = [0u8; 4];
-        self.dev.download(&t.buffer, t.offset + byte_offset, &mut b)?;
+        self.dev
+            .download(&t.buffer, t.offset + byte_offset, &mut b)?;
         Ok(f32::from_le_bytes(b))
     }
 }
@@ -102,9 +103,20 @@ impl Kernels for PlantedKernels {
             return self.inner.paged_attention(q, k, v, batch, p, out);
         }
         // Compute into scratch, then copy all but the last element.
-        let scratch = Tensor::new(self.inner.alloc(out.nbytes())?, 0, out.dtype, out.shape.clone())?;
+        let scratch = Tensor::new(
+            self.inner.alloc(out.nbytes())?,
+            0,
+            out.dtype,
+            out.shape.clone(),
+        )?;
         self.inner.paged_attention(q, k, v, batch, p, &scratch)?;
-        self.dev.copy(&scratch.buffer, 0, &out.buffer, out.offset, out.nbytes() - 4)
+        self.dev.copy(
+            &scratch.buffer,
+            0,
+            &out.buffer,
+            out.offset,
+            out.nbytes() - 4,
+        )
     }
     fn gather_last(&self, x: &Tensor, qsl: &Tensor, out: &Tensor) -> Result<()> {
         self.inner.gather_last(x, qsl, out)
@@ -121,7 +133,8 @@ impl Kernels for PlantedKernels {
         out: &Tensor,
         residual_out: &Tensor,
     ) -> Result<()> {
-        self.inner.add_rms_norm(x, residual, w, eps, out, residual_out)
+        self.inner
+            .add_rms_norm(x, residual, w, eps, out, residual_out)
     }
     fn sample(&self, logits: &Tensor, t: &Tensor, noise: &Tensor, out: &Tensor) -> Result<()> {
         self.inner.sample(logits, t, noise, out)
@@ -190,10 +203,22 @@ fn only_fails(bug: Bug, op: &str, why: &str) {
     let failing: Vec<_> = report.failures().collect();
     assert!(!failing.is_empty(), "{bug:?}: the suite missed it");
     for c in &failing {
-        assert_eq!(c.name, op, "{bug:?}: {} {} failed too: {}", c.name, c.group, c.detail);
-        assert!(c.detail.contains(why), "{bug:?}: detail {:?} lacks {why:?}", c.detail);
+        assert_eq!(
+            c.name, op,
+            "{bug:?}: {} {} failed too: {}",
+            c.name, c.group, c.detail
+        );
+        assert!(
+            c.detail.contains(why),
+            "{bug:?}: detail {:?} lacks {why:?}",
+            c.detail
+        );
     }
-    let cases = report.checks.iter().filter(|c| c.name == op && c.status != Status::Skip).count();
+    let cases = report
+        .checks
+        .iter()
+        .filter(|c| c.name == op && c.status != Status::Skip)
+        .count();
     assert_eq!(failing.len(), cases, "{bug:?}: only some {op} cases failed");
 }
 
@@ -204,7 +229,11 @@ fn a_flipped_output_element_fails_its_op() {
 
 #[test]
 fn a_write_past_an_output_is_caught_by_the_guard() {
-    only_fails(Bug::RmsNormPastTheEnd, "rms_norm", "wrote past the end of output 0");
+    only_fails(
+        Bug::RmsNormPastTheEnd,
+        "rms_norm",
+        "wrote past the end of output 0",
+    );
 }
 
 #[test]
@@ -222,6 +251,10 @@ fn the_clean_backend_passes_through_kernels_and_through_one_op_graphs() {
     let dev = open_device(tessera_cpu::BACKEND_NAME, None).expect("cpu");
     for path in [Path::Auto, Path::Graph] {
         let report = ops_report(&dev, path);
-        assert!(report.passed(), "{path:?}: {:?}", report.failures().collect::<Vec<_>>());
+        assert!(
+            report.passed(),
+            "{path:?}: {:?}",
+            report.failures().collect::<Vec<_>>()
+        );
     }
 }

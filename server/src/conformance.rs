@@ -39,7 +39,8 @@ pub fn run_cli(args: Args) -> anyhow::Result<()> {
         .layer
         .iter()
         .map(|l| {
-            Layer::parse(l).with_context(|| format!("unknown layer {l:?}; choose ops, models or engine"))
+            Layer::parse(l)
+                .with_context(|| format!("unknown layer {l:?}; choose ops, models or engine"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(op) = &args.op {
@@ -57,7 +58,12 @@ pub fn run_cli(args: Args) -> anyhow::Result<()> {
             report.print(&mut stdout)?;
             write_json(&args.json, &report.to_json())?;
             if !report.passed() {
-                bail!("{} of {} checks failed on {}", report.count(tessera_conformance::Status::Fail), report.checks.len(), args.device);
+                bail!(
+                    "{} of {} checks failed on {}",
+                    report.count(tessera_conformance::Status::Fail),
+                    report.checks.len(),
+                    args.device
+                );
             }
             return Ok(());
         }
@@ -71,7 +77,13 @@ pub fn run_cli(args: Args) -> anyhow::Result<()> {
         Mode::Support => {
             let dev = open_device(&args.device, None)?;
             let s = support::run(dev.as_ref())?;
-            writeln!(stdout, "{} ({}): {:?}", args.device, dev.name(), dev.capabilities())?;
+            writeln!(
+                stdout,
+                "{} ({}): {:?}",
+                args.device,
+                dev.name(),
+                dev.capabilities()
+            )?;
             support::print(&s, &mut stdout)?;
             serde_json::to_string_pretty(&s)?
         }

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 // Linking a backend crate registers it; naming something in it makes sure the
-// linker keeps it.
+// linker keeps it. A new backend adds its line here (docs/adding-a-backend.md).
 const LINKED_BACKENDS: &[&str] = &[tessera_cpu::BACKEND_NAME, tessera_reference::BACKEND_NAME];
 
 #[derive(Parser)]

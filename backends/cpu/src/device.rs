@@ -4,8 +4,8 @@ use crate::ops::CpuKernels;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::Arc;
 use tessera_core::hal::{
-    self, Buffer, Capabilities, Device, DeviceMemory, Executable, Graph, Kernels, KvLayout, MemoryInfo,
-    Tensor, WeightMap,
+    self, Buffer, Capabilities, Device, DeviceMemory, Executable, Graph, Kernels, KvLayout,
+    MemoryInfo, Tensor, WeightMap,
 };
 use tessera_core::{DType, Error, Result};
 

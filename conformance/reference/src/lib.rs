@@ -59,7 +59,10 @@ fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
     if opts.ordinal != 0 {
         return Err(Error::device(
             BACKEND_NAME,
-            format!("there is one {BACKEND_NAME} device, not {}", opts.ordinal + 1),
+            format!(
+                "there is one {BACKEND_NAME} device, not {}",
+                opts.ordinal + 1
+            ),
         ));
     }
     let threads = opts.threads.unwrap_or_else(default_threads);

@@ -3,10 +3,10 @@
 //! 16/32, lengths that are multiples of nothing, mixed prefill+decode batches,
 //! sequences with no query token, single tokens, sliding window, softcap).
 
+use crate::harness::block_size;
 use tessera_core::hal::{AttentionParams, Capabilities, Op, RopeParams, RopeStyle, TensorType};
 use tessera_core::model::config::RopeScaling;
 use tessera_core::model::random::splitmix64;
-use crate::harness::block_size;
 use tessera_core::{DType, HostTensor, Result};
 
 /// One op call: inputs in the order `hal::interpreter::dispatch` takes them.
@@ -113,7 +113,9 @@ pub fn all(caps: &Capabilities) -> Result<Vec<OpCase>> {
 }
 
 fn seed(op: &str, i: usize) -> u64 {
-    op.bytes().fold(0x51_7cc1_b727_220a, |h, b| splitmix64(h ^ b as u64)) ^ i as u64
+    op.bytes()
+        .fold(0x51_7cc1_b727_220a, |h, b| splitmix64(h ^ b as u64))
+        ^ i as u64
 }
 
 fn embedding(cases: &mut Vec<OpCase>, w: DType, act: DType) -> Result<()> {
@@ -202,8 +204,20 @@ fn rope(cases: &mut Vec<OpCase>, act: DType) -> Result<()> {
         original_max_position_embeddings: 8192,
     };
     let variants = [
-        (64usize, 4usize, RopeStyle::Neox, RopeScaling::None, 10000.0f32),
-        (80, 2, RopeStyle::Neox, RopeScaling::Linear { factor: 4.0 }, 10000.0),
+        (
+            64usize,
+            4usize,
+            RopeStyle::Neox,
+            RopeScaling::None,
+            10000.0f32,
+        ),
+        (
+            80,
+            2,
+            RopeStyle::Neox,
+            RopeScaling::Linear { factor: 4.0 },
+            10000.0,
+        ),
         (128, 3, RopeStyle::Neox, llama3.clone(), 500000.0),
         (256, 1, RopeStyle::Interleaved, RopeScaling::None, 1000000.0),
         (64, 2, RopeStyle::Interleaved, llama3, 500000.0),
@@ -236,7 +250,10 @@ fn rope(cases: &mut Vec<OpCase>, act: DType) -> Result<()> {
                 },
                 label
             ),
-            inputs: vec![floats(&mut rng, vec![t, heads, d], 1.0, act)?, ids(vec![t], pos)],
+            inputs: vec![
+                floats(&mut rng, vec![t, heads, d], 1.0, act)?,
+                ids(vec![t], pos),
+            ],
             outputs: vec![out(act, vec![t, heads, d])],
         });
     }
@@ -268,7 +285,12 @@ fn elementwise(cases: &mut Vec<OpCase>, act: DType) -> Result<()> {
 }
 
 fn kv_write(cases: &mut Vec<OpCase>, kv: DType, act: DType, caps: &Capabilities) -> Result<()> {
-    let variants = [(1usize, 64usize, 16usize, 1usize), (2, 80, 32, 7), (8, 128, 16, 33), (1, 256, 32, 5)];
+    let variants = [
+        (1usize, 64usize, 16usize, 1usize),
+        (2, 80, 32, 7),
+        (8, 128, 16, 33),
+        (1, 256, 32, 5),
+    ];
     for (i, &(heads, d, bs, t)) in variants.iter().enumerate() {
         let bs = block_size(caps, bs);
         let mut rng = Rng::new(seed("kv_write", i));
@@ -303,6 +325,8 @@ struct BatchKind {
     causal: bool,
     window: Option<usize>,
     softcap: Option<f32>,
+    /// Query rows after the last sequence's, as a bucketed step pads them.
+    pad_rows: usize,
 }
 
 const BATCHES: &[BatchKind] = &[
@@ -312,6 +336,7 @@ const BATCHES: &[BatchKind] = &[
         causal: true,
         window: None,
         softcap: None,
+        pad_rows: 0,
     },
     BatchKind {
         name: "prefill",
@@ -319,6 +344,7 @@ const BATCHES: &[BatchKind] = &[
         causal: true,
         window: None,
         softcap: None,
+        pad_rows: 0,
     },
     // Chunked prefill next to decodes, a one-token sequence, and a sequence
     // with nothing to compute this step.
@@ -328,6 +354,7 @@ const BATCHES: &[BatchKind] = &[
         causal: true,
         window: None,
         softcap: None,
+        pad_rows: 0,
     },
     BatchKind {
         name: "window8+softcap",
@@ -335,6 +362,16 @@ const BATCHES: &[BatchKind] = &[
         causal: true,
         window: Some(8),
         softcap: Some(2.0),
+        pad_rows: 0,
+    },
+    // A step padded to a bucket: an empty padding sequence and padding rows.
+    BatchKind {
+        name: "padded",
+        seqs: &[(13, 1), (6, 6), (0, 0)],
+        causal: true,
+        window: None,
+        softcap: None,
+        pad_rows: 2,
     },
     BatchKind {
         name: "noncausal",
@@ -342,6 +379,7 @@ const BATCHES: &[BatchKind] = &[
         causal: false,
         window: None,
         softcap: None,
+        pad_rows: 0,
     },
 ];
 
@@ -354,7 +392,9 @@ fn attention(cases: &mut Vec<OpCase>, kv: DType, act: DType, caps: &Capabilities
                 for b in BATCHES {
                     i += 1;
                     let mut rng = Rng::new(seed("paged_attention", i));
-                    cases.push(attention_case(&mut rng, b, d, heads, kv_heads, bs, kv, act)?);
+                    cases.push(attention_case(
+                        &mut rng, b, d, heads, kv_heads, bs, kv, act,
+                    )?);
                 }
             }
         }
@@ -392,7 +432,7 @@ fn attention_case(
     for &(_, q) in b.seqs {
         qsl.push(qsl[qsl.len() - 1] + q as i32);
     }
-    let t = *qsl.last().unwrap_or(&0) as usize;
+    let t = *qsl.last().unwrap_or(&0) as usize + b.pad_rows;
     let seq_lens: Vec<i32> = b.seqs.iter().map(|&(l, _)| l as i32).collect();
     let scale = 1.0 / (d as f32).sqrt();
     // Scores of order one: softmax neither flat nor one-hot.
@@ -407,10 +447,7 @@ fn attention_case(
             softcap: b.softcap,
         }),
         dtype: kv,
-        group: format!(
-            "d={d} heads={heads}/{kv_heads} bs={bs} {} T={t}",
-            b.name
-        ),
+        group: format!("d={d} heads={heads}/{kv_heads} bs={bs} {} T={t}", b.name),
         inputs: vec![
             q,
             k,

@@ -46,7 +46,12 @@ fn unwritten(dtype: DType, n: usize) -> Vec<u8> {
         DType::BF16 | DType::F16 => &0x7fffu16.to_le_bytes(),
         DType::I32 => &i32::MIN.to_le_bytes(),
     };
-    pattern.iter().copied().cycle().take(n * dtype.size()).collect()
+    pattern
+        .iter()
+        .copied()
+        .cycle()
+        .take(n * dtype.size())
+        .collect()
 }
 
 fn upload(dev: &dyn Device, dtype: DType, shape: &[usize], data: &[u8]) -> Result<Guarded> {
@@ -78,7 +83,10 @@ fn check(g: &Guarded, now: &[u8], what: &str, whole: bool) -> Option<String> {
     Some(if first < GUARD {
         format!("wrote {} bytes before {what}", GUARD - first)
     } else if first >= data_end {
-        format!("wrote past the end of {what} (byte {} after it)", first - data_end)
+        format!(
+            "wrote past the end of {what} (byte {} after it)",
+            first - data_end
+        )
     } else {
         format!("modified {what} (byte {})", first - GUARD)
     })

@@ -28,7 +28,14 @@ pub fn check(
 
 fn check_case(dev: &dyn Device, reference: &dyn Device, case: &OpCase, path: Path) -> Check {
     let row = |ok: bool, detail: String| {
-        Check::verdict(Layer::Ops, case.name(), case.dtype.name(), &case.group, ok, detail)
+        Check::verdict(
+            Layer::Ops,
+            case.name(),
+            case.dtype.name(),
+            &case.group,
+            ok,
+            detail,
+        )
     };
     let want = match launch::run_case(reference, case, Path::Auto) {
         Ok(o) => o.outputs,
@@ -62,7 +69,11 @@ fn compare_floats(case: &OpCase, want: &[HostTensor], got: &[HostTensor]) -> Che
             case.dtype.name(),
             &case.group,
             false,
-            format!("no threshold for {} at {}: add one to thresholds.rs", case.name(), case.dtype),
+            format!(
+                "no threshold for {} at {}: add one to thresholds.rs",
+                case.name(),
+                case.dtype
+            ),
         );
     };
     let mut worst = 0.0f64;
@@ -70,13 +81,23 @@ fn compare_floats(case: &OpCase, want: &[HostTensor], got: &[HostTensor]) -> Che
     for (k, (w, g)) in want.iter().zip(got).enumerate() {
         let (w, g) = (w.to_f32_vec(), g.to_f32_vec());
         if let Some(i) = g.iter().position(|v| !v.is_finite()) {
-            bad = Some(format!("output {k} has {} at element {i} (unwritten or overflow)", g[i]));
+            bad = Some(format!(
+                "output {k} has {} at element {i} (unwritten or overflow)",
+                g[i]
+            ));
         } else if let Some(why) = worst_element(&w, &g, limit) {
             bad = Some(format!("output {k}: {why}"));
         }
         worst = worst.max(crate::nmse(&w, &g));
     }
-    let c = Check::measured(Layer::Ops, case.name(), case.dtype.name(), &case.group, worst, limit);
+    let c = Check::measured(
+        Layer::Ops,
+        case.name(),
+        case.dtype.name(),
+        &case.group,
+        worst,
+        limit,
+    );
     match bad {
         Some(why) => c.fail(why),
         None => c,

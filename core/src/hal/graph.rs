@@ -12,7 +12,8 @@
 //!   slot = block * bs + offset, negative slots are padding and skipped)
 //! - `paged_attention(q [T,n,d], k_cache, v_cache, query_start_loc [S+1], seq_lens [S],
 //!   block_tables [S,M]) -> [T,n,d]`: the last `q_len` tokens of each sequence attend
-//!   to its `seq_len` cached tokens.
+//!   to its `seq_len` cached tokens. Rows after `query_start_loc[S]` (padding of a
+//!   bucketed step) come out zero; a sequence may have no query rows.
 //! - `gather_last(x [T,H], query_start_loc [S+1]) -> [S,H]`; a sequence with no
 //!   query token yields a zero row.
 //! - `argmax(logits [S,V]) -> [S] i32`; `sample(logits, temperature [S], noise [S,V]) -> [S]`:
