@@ -38,11 +38,8 @@ pub fn run(dev: &dyn Device, reference: &dyn Device, only: Option<&str>) -> Resu
     let cases = cases::all(&dev.capabilities())?;
     let mut out = vec![];
     for c in cases.iter().filter(|c| only.is_none_or(|o| o == c.name())) {
-        let device_us = match time(dev, c, Path::Auto) {
-            Ok(t) => t,
-            // An op the backend lacks has no time; `--mode support` says so.
-            Err(_) => f64::NAN,
-        };
+        // An op the backend lacks has no time; `--mode support` says why.
+        let device_us = time(dev, c, Path::Auto).unwrap_or(f64::NAN);
         out.push(Timing {
             op: c.name().to_string(),
             dtype: c.dtype.name().to_string(),
