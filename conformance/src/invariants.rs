@@ -79,13 +79,15 @@ impl Setup {
     }
 }
 
-fn prompt(seed: u64, len: usize) -> Vec<u32> {
+/// `len` pseudo-random token ids below 256, fixed by `seed`.
+pub fn prompt(seed: u64, len: usize) -> Vec<u32> {
     (0..len)
         .map(|i| (splitmix64(seed * 1000 + i as u64) % 256) as u32)
         .collect()
 }
 
-fn greedy(max_tokens: usize) -> SamplingParams {
+/// Greedy decoding of exactly `max_tokens` tokens.
+pub fn greedy(max_tokens: usize) -> SamplingParams {
     SamplingParams {
         max_tokens,
         ignore_eos: true,
@@ -93,7 +95,8 @@ fn greedy(max_tokens: usize) -> SamplingParams {
     }
 }
 
-fn seeded(max_tokens: usize, seed: u64) -> SamplingParams {
+/// Sampling at temperature 1 with `seed`, exactly `max_tokens` tokens.
+pub fn seeded(max_tokens: usize, seed: u64) -> SamplingParams {
     SamplingParams {
         max_tokens,
         ignore_eos: true,

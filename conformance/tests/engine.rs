@@ -5,6 +5,7 @@
 //! async handle; the default model batched equals alone.
 
 use std::collections::HashMap;
+use tessera_conformance::invariants::{greedy, prompt, seeded};
 use tessera_conformance::{fixtures_dir, runner};
 use tessera_core::engine::{
     choice_seed, Engine, EngineConfig, FinishReason, RequestOutput, SamplingParams,
@@ -39,30 +40,6 @@ fn engine(
         prefix_caching: true,
     };
     Engine::new(r, None, cfg).expect("engine")
-}
-
-fn prompt(seed: u64, len: usize) -> Vec<u32> {
-    (0..len)
-        .map(|i| (tessera_core::model::random::splitmix64(seed * 1000 + i as u64) % 256) as u32)
-        .collect()
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        max_tokens,
-        ignore_eos: true,
-        ..Default::default()
-    }
-}
-
-fn seeded(max_tokens: usize, seed: u64) -> SamplingParams {
-    SamplingParams {
-        max_tokens,
-        ignore_eos: true,
-        temperature: 1.0,
-        seed,
-        ..Default::default()
-    }
 }
 
 /// Runs to completion; tokens per (request, sample), checking each sample finishes once.

@@ -24,7 +24,7 @@ pub struct Args {
     /// Layers to run (repeat or comma-separate): ops, models, engine. Default all.
     #[arg(long, value_delimiter = ',')]
     layer: Vec<String>,
-    /// Only this op (ops layer, perf mode).
+    /// Only this op (implies --layer ops unless layers are given; perf mode too).
     #[arg(long)]
     op: Option<String>,
     #[arg(long, value_enum, default_value = "test")]
@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run_cli(args: Args) -> anyhow::Result<()> {
-    let layers = args
+    let mut layers = args
         .layer
         .iter()
         .map(|l| {
@@ -45,6 +45,10 @@ pub fn run_cli(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(op) = &args.op {
         check_op_name(op)?;
+        // An op filter is about the ops layer; the others have no ops to filter.
+        if layers.is_empty() {
+            layers.push(Layer::Ops);
+        }
     }
     let mut stdout = std::io::stdout().lock();
     let json = match args.mode {

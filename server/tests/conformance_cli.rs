@@ -47,20 +47,7 @@ fn passes_every_layer(device: &str) {
         "{device}: a failing check in a passing report"
     );
     // Every op of the HAL appears in the ops layer.
-    for op in [
-        "embedding",
-        "linear",
-        "rms_norm",
-        "add_rms_norm",
-        "rope",
-        "silu_mul",
-        "add",
-        "kv_write",
-        "paged_attention",
-        "gather_last",
-        "argmax",
-        "sample",
-    ] {
+    for &op in tessera_conformance::ops::cases::OPS {
         assert!(
             checks
                 .iter()
