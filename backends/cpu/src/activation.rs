@@ -6,8 +6,13 @@ use rayon::prelude::*;
 
 #[inline(always)]
 fn exp(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds t to an integer n (ties to even) held in the low
+    // bits of the sum; reading n back through the bits, not `as i32` (whose
+    // saturating semantics add branches), keeps the loop vectorised.
+    const MAGIC: f32 = 12_582_912.0;
     let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
-    let n = t.round();
+    let shifted = t + MAGIC;
+    let n = shifted - MAGIC;
     let f = t - n;
     let p = 1.0
         + f * (std::f32::consts::LN_2
@@ -15,8 +20,9 @@ fn exp(x: f32) -> f32 {
                 + f * (0.055_504_11
                     + f * (0.009_618_129
                         + f * (0.001_333_355_8 + f * (1.540_353e-4 + f * 1.525_273_4e-5))))));
-    // SAFETY-free bit build of 2^n; n is in [-126, 127] after the clamp.
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    // 2^n from its exponent bits; n is in [-126, 127] after the clamp.
+    let biased = shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127);
+    f32::from_bits(biased << 23) * p
 }
 
 #[inline(always)]
