@@ -13,6 +13,8 @@ pub enum Command {
     Decode(DecodeArgs),
     /// Offline throughput of the engine on random prompts (like `vllm bench throughput`).
     Throughput(crate::throughput::ThroughputArgs),
+    /// Online serving: Poisson arrivals against a running `tessera serve` (like `vllm bench serve`).
+    Serve(crate::bench_serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +60,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Decode(a) => decode(a),
         Command::Throughput(a) => crate::throughput::run(a),
+        Command::Serve(a) => crate::bench_serve::run(a),
     }
 }
 

@@ -1,9 +1,11 @@
 //! The `tessera` binary.
 
 mod bench;
+mod bench_serve;
 mod conformance;
 mod devices;
 mod generate;
+mod serve;
 mod session;
 mod throughput;
 
@@ -36,6 +38,8 @@ enum Command {
     Bench(bench::Command),
     /// Check a backend against the f64 reference and golden outputs.
     Conformance(conformance::Args),
+    /// Serve the OpenAI-compatible HTTP API (completions, chat, streaming, metrics).
+    Serve(serve::ServeArgs),
 }
 
 fn init_logging() {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Devices(a) => devices::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Conformance(a) => conformance::run_cli(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

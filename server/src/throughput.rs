@@ -65,10 +65,19 @@ impl EngineArgs {
             self.max_num_seqs,
             budget,
         )?;
+        let context = session.source.config.max_position_embeddings;
+        let max_model_len = match self.max_model_len {
+            Some(0) => anyhow::bail!("--max-model-len must be positive"),
+            Some(n) if n > context => anyhow::bail!(
+                "--max-model-len {n} is more than the model's context of {context} tokens"
+            ),
+            Some(n) => n,
+            None => context,
+        };
         let config = EngineConfig {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
-            max_model_len: self.max_model_len.unwrap_or(usize::MAX),
+            max_model_len,
             prefix_caching: !self.no_prefix_caching,
         };
         let tokenizer = session

@@ -21,7 +21,10 @@ fn exp(x: f32) -> f32 {
                     + f * (0.009_618_129
                         + f * (0.001_333_355_8 + f * (1.540_353e-4 + f * 1.525_273_4e-5))))));
     // 2^n from its exponent bits; n is in [-126, 127] after the clamp.
-    let biased = shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127);
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(MAGIC.to_bits())
+        .wrapping_add(127);
     f32::from_bits(biased << 23) * p
 }
 

@@ -6,7 +6,8 @@ use super::engine::{Engine, RequestOutput};
 use super::sampler::SamplingParams;
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 // `Add` is the common message; boxing it would only add an allocation.
@@ -27,17 +28,83 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    gauges: Arc<Gauges>,
+}
+
+/// What the engine thread publishes after every iteration, for `/metrics`
+/// and admission control, without a round trip to the engine thread.
+#[derive(Default)]
+struct Gauges {
+    running: AtomicU64,
+    waiting: AtomicU64,
+    blocks_used: AtomicU64,
+    blocks_total: AtomicU64,
+    prefix_queries: AtomicU64,
+    prefix_hits: AtomicU64,
+    preemptions: AtomicU64,
+    alive: AtomicBool,
+}
+
+/// A snapshot of the engine's state.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EngineGauges {
+    pub running: u64,
+    pub waiting: u64,
+    pub blocks_used: u64,
+    pub blocks_total: u64,
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+    pub preemptions: u64,
+    /// False once the engine thread has stopped.
+    pub alive: bool,
+}
+
+impl Gauges {
+    fn publish(&self, e: &Engine) {
+        let b = e.block_stats();
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.running, e.num_running() as u64);
+        set(&self.waiting, e.num_waiting() as u64);
+        set(&self.blocks_used, b.used as u64);
+        set(&self.blocks_total, b.num_blocks as u64);
+        set(&self.prefix_queries, b.prefix_queries);
+        set(&self.prefix_hits, b.prefix_hits);
+        set(&self.preemptions, e.preemptions);
+    }
 }
 
 impl EngineHandle {
     /// Starts the engine thread.
     pub fn spawn(engine: Engine) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel();
+        let gauges = Arc::new(Gauges::default());
+        gauges.publish(&engine);
+        gauges.alive.store(true, Ordering::Relaxed);
+        let published = gauges.clone();
         let thread = std::thread::Builder::new()
             .name("tessera-engine".into())
-            .spawn(move || run(engine, rx))
+            .spawn(move || {
+                run(engine, rx, &published);
+                published.alive.store(false, Ordering::Relaxed);
+            })
             .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;
-        Ok((EngineHandle { tx }, thread))
+        Ok((EngineHandle { tx, gauges }, thread))
+    }
+
+    /// The engine's state as of its last iteration.
+    pub fn gauges(&self) -> EngineGauges {
+        let g = &self.gauges;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EngineGauges {
+            running: get(&g.running),
+            waiting: get(&g.waiting),
+            blocks_used: get(&g.blocks_used),
+            blocks_total: get(&g.blocks_total),
+            prefix_queries: get(&g.prefix_queries),
+            prefix_hits: get(&g.prefix_hits),
+            preemptions: get(&g.preemptions),
+            alive: g.alive.load(Ordering::Relaxed),
+        }
     }
 
     /// Submits a request; the receiver yields its outputs, the last ones with a
@@ -84,7 +151,7 @@ struct Sink {
     open: usize,
 }
 
-fn run(mut engine: Engine, rx: mpsc::Receiver<Command>) {
+fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, gauges: &Gauges) {
     let mut sinks: HashMap<String, Sink> = HashMap::new();
     loop {
         // Block while idle; otherwise take whatever arrived and keep stepping.
@@ -145,6 +212,7 @@ fn run(mut engine: Engine, rx: mpsc::Receiver<Command>) {
                 Err(e) => tracing::error!("engine step failed: {e}"),
             }
         }
+        gauges.publish(&engine);
     }
 }
 

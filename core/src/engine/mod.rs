@@ -20,7 +20,7 @@ pub mod stop;
 pub use device_model::DeviceModel;
 pub use engine::{Engine, EngineConfig, RequestOutput, TokenLogprob};
 pub use generate::{generate, GenerateOptions, GenerateStats};
-pub use handle::EngineHandle;
+pub use handle::{EngineGauges, EngineHandle};
 pub use kv_cache::KvCache;
 pub use runner::{Runner, StepBatch};
 pub use sampler::{choice_seed, SamplingParams};

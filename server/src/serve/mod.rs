@@ -1,0 +1,233 @@
+//! `tessera serve`: the OpenAI-compatible HTTP server (axum on tokio) in front
+//! of the engine thread. `routes.rs` has the endpoints, `prompt.rs` and
+//! `params.rs` turn request fields into engine requests, `generation.rs` runs
+//! them and shapes the answers, `metrics.rs` is `/metrics`, `error.rs` the
+//! OpenAI error shape.
+
+mod body;
+mod error;
+mod generation;
+mod metrics;
+mod params;
+mod prompt;
+mod routes;
+
+use crate::session::{ModelArgs, Session};
+use crate::throughput::EngineArgs;
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::engine::EngineHandle;
+use tessera_core::model::chat_template::ChatTemplate;
+use tessera_core::model::tokenizer::Tokenizer;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Address to bind. Loopback by default; anything else exposes the server.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the ready line says which).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on the API endpoints.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name clients use (default: the model's own name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Sequences allowed to wait for a batch slot; beyond it requests get 503.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting: usize,
+    /// Largest request body, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C before they are aborted.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+pub struct AppState {
+    engine: EngineHandle,
+    tokenizer: Option<Arc<Tokenizer>>,
+    template: Option<ChatTemplate>,
+    model_name: String,
+    max_model_len: usize,
+    vocab: usize,
+    api_key: Option<String>,
+    max_waiting: usize,
+    metrics: metrics::Metrics,
+    created: u64,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    fn new_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:x}{n:06x}", self.created)
+    }
+}
+
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// 401 unless the request carries the key.
+async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Counts every response by endpoint and status, and gives the errors axum
+/// produces itself (body too large, wrong method) OpenAI's JSON shape.
+async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other".to_string(), |p| p.as_str().to_string());
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "the request body is too large (see --max-body-bytes)".to_string()
+            }
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_string(),
+            other => other.canonical_reason().unwrap_or("error").to_string(),
+        };
+        resp = ApiError::new(status, message).into_response();
+    }
+    s.metrics.request(&endpoint, status.as_u16());
+    resp
+}
+
+fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let api = Router::new()
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/v1/models", get(routes::models))
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(api)
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let mut session = Session::open(&a.model)?;
+    let engine = a.engine.build(&session)?;
+    let max_model_len = engine.config.max_model_len;
+    let blocks = engine.block_stats().num_blocks;
+    let vocab = session.source.config.vocab_size;
+    let model_name = a
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| session.source.name.clone());
+    let device = session.device.name();
+    let (handle, engine_thread) = EngineHandle::spawn(engine)?;
+    let state = Arc::new(AppState {
+        engine: handle.clone(),
+        tokenizer: session.source.tokenizer.take().map(Arc::new),
+        template: session.source.chat_template.take(),
+        model_name: model_name.clone(),
+        max_model_len,
+        vocab,
+        api_key: a.api_key.clone(),
+        max_waiting: a.max_waiting,
+        metrics: metrics::Metrics::default(),
+        created: unix_time(),
+        next_id: AtomicU64::new(0),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stopper = handle.clone();
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "tessera: serving {model_name} on http://{local} (device {device}, {blocks} KV blocks, max model len {max_model_len})"
+        );
+        let grace = Duration::from_secs(a.shutdown_timeout);
+        let shutdown = async move {
+            signal().await;
+            eprintln!("tessera: shutting down; in-flight requests get {}s to finish", grace.as_secs());
+            // After the grace period, abort what is left: its streams end and
+            // the server's wait for open connections returns.
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                stopper.shutdown();
+            });
+        };
+        axum::serve(listener, router(state, a.max_body_bytes))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving")?;
+        anyhow::Ok(())
+    })?;
+    handle.shutdown();
+    let _ = engine_thread.join();
+    eprintln!("tessera: stopped");
+    Ok(())
+}
