@@ -1,0 +1,83 @@
+//! A live `tessera serve` on 127.0.0.1 for the server tests: started on a free
+//! port with a small KV cache, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Every stderr line after the ready line, as it arrives.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `tessera serve` with the default model and `extra` flags; waits
+    /// (up to 3 minutes) for its ready line.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--port", "0", "--kv-cache-memory", "268435456"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tessera serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split(" on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        return Server {
+                            child,
+                            url: format!("http://{addr}"),
+                            log: rx,
+                        };
+                    }
+                    eprintln!("server: {line}");
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tessera serve did not become ready");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory holding the openai package (installed on first use).
+pub fn openai_pythonpath() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install-test-deps.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run scripts/install-test-deps.sh");
+    assert!(
+        out.status.success(),
+        "scripts/install-test-deps.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
