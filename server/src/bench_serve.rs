@@ -75,8 +75,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     if a.num_prompts.saturating_mul(a.input_len) > MAX_PROMPT_TOKENS_TOTAL {
         bail!("--num-prompts x --input-len is over {MAX_PROMPT_TOKENS_TOTAL} tokens");
     }
-    // `!(x > 0)` also rejects NaN.
-    if !(a.request_rate > 0.0) {
+    if a.request_rate.is_nan() || a.request_rate <= 0.0 {
         bail!(
             "--request-rate must be > 0 (or inf), got {}",
             a.request_rate

@@ -69,7 +69,10 @@ impl Drop for Server {
 
 /// The directory holding the openai package (installed on first use).
 pub fn openai_pythonpath() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install-test-deps.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/install-test-deps.sh"
+    );
     let out = Command::new("bash")
         .arg(script)
         .output()
