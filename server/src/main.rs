@@ -7,6 +7,7 @@ mod devices;
 mod generate;
 mod serve;
 mod session;
+mod sse;
 mod throughput;
 
 use clap::{Parser, Subcommand};

@@ -69,6 +69,9 @@ async fn metric(c: &reqwest::Client, base: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
+/// (what, (path, body), expected status, a word the message or param must contain)
+type Case = (&'static str, (&'static str, Vec<u8>), u16, &'static str);
+
 #[test]
 fn malformed_requests_get_their_4xx_and_the_server_keeps_serving() {
     let server = common::Server::start(&["--api-key", KEY, "--max-model-len", "2048"]);
@@ -77,8 +80,7 @@ fn malformed_requests_get_their_4xx_and_the_server_keeps_serving() {
     let chat = |v: Value| ("/v1/chat/completions", v.to_string().into_bytes());
     let raw = |path: &'static str, s: &str| (path, s.as_bytes().to_vec());
     let user = json!([{"role": "user", "content": "hi"}]);
-    // (what, (path, body), status, a word the message or param must contain)
-    let cases: Vec<(&str, (&str, Vec<u8>), u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("invalid JSON", raw("/v1/completions", "{bad"), 400, "JSON"),
         (
             "body is an array",

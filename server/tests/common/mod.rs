@@ -53,6 +53,7 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("tessera serve did not become ready");
                 }
             }
