@@ -172,9 +172,19 @@ async fn signal() {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let mut session = Session::open(&a.model)?;
-    let engine = a.engine.build(&session)?;
-    let max_model_len = engine.config.max_model_len;
+    let mut engine = a.engine.build(&session)?;
     let blocks = engine.block_stats().num_blocks;
+    // A request as long as the model's context must fit the KV cache, or
+    // every long default-length chat would be refused: serve what fits.
+    let capacity = blocks * session.block_size;
+    if engine.config.max_model_len > capacity {
+        eprintln!(
+            "tessera: the KV cache holds {capacity} tokens, less than the model's {}; serving at most {capacity} (raise --kv-cache-memory or lower --max-model-len)",
+            engine.config.max_model_len
+        );
+        engine.config.max_model_len = capacity;
+    }
+    let max_model_len = engine.config.max_model_len;
     let vocab = session.source.config.vocab_size;
     let model_name = a
         .served_model_name
