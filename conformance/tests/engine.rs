@@ -328,11 +328,18 @@ fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
             .submit("a", prompt(7, 6), greedy(10), 0)
             .await
             .expect("submit a");
-        let dup = handle.submit("a", prompt(7, 6), greedy(10), 0).await;
+        // A long request, so it is surely still running when its id comes
+        // again (a 10-token one can finish first on a fast machine).
+        let long = handle
+            .submit("long", prompt(9, 6), greedy(500), 0)
+            .await
+            .expect("submit long");
+        let dup = handle.submit("long", prompt(9, 6), greedy(10), 0).await;
         assert!(
             matches!(dup, Err(Error::Request(_))),
             "duplicate id must be refused"
         );
+        drop(long);
         // A client that goes away: its request is aborted, the others go on.
         let gone = handle
             .submit("gone", prompt(8, 6), greedy(200), 0)
