@@ -328,10 +328,10 @@ fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
             .submit("a", prompt(7, 6), greedy(10), 0)
             .await
             .expect("submit a");
-        // A long request, so it is surely still running when its id comes
+        // A 200-token request, so it is surely still running when its id comes
         // again (a 10-token one can finish first on a fast machine).
         let long = handle
-            .submit("long", prompt(9, 6), greedy(500), 0)
+            .submit("long", prompt(9, 6), greedy(200), 0)
             .await
             .expect("submit long");
         let dup = handle.submit("long", prompt(9, 6), greedy(10), 0).await;
