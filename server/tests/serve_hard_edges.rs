@@ -506,12 +506,16 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         let pending = {
             let (c, base) = (c.clone(), base.clone());
             tokio::spawn(async move {
-                let body = json!({"prompt": "Count to ten:", "max_tokens": 24, "ignore_eos": true, "temperature": 0});
+                let body = json!({"prompt": "Count to ten:", "max_tokens": 128, "ignore_eos": true, "temperature": 0});
                 post(&c, &format!("{base}/v1/completions"), body.to_string().into_bytes(), None).await
             })
         };
-        // Let the request reach the engine, then ask the server to stop.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the request runs in the engine, ask the server to stop.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(&c, &base, "tessera_num_requests_running").await < 1.0 {
+            assert!(Instant::now() < deadline, "the request never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         assert!(killed.is_ok_and(|s| s.success()), "kill -TERM failed");
         pending.await.expect("client task")
@@ -522,7 +526,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         answer.1
     );
     let v: Value = serde_json::from_str(&answer.1).expect("JSON");
-    assert_eq!(v["usage"]["completion_tokens"], 24);
+    assert_eq!(v["usage"]["completion_tokens"], 128);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = server.child.try_wait().expect("wait") {
