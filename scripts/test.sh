@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: fetches the default model (cached),
-# and the openai Python client the server tests drive it with (both cached),
+# the openai Python client the server tests drive it with and the XLA CPU
+# PJRT plugin the tpu backend is tested on (all cached),
 # then runs every crate's tests. Needs only Rust and python3 with pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-default-model.sh >/dev/null
 scripts/install-test-deps.sh >/dev/null
+scripts/fetch-pjrt-plugin.sh >/dev/null
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

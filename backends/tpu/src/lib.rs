@@ -1,0 +1,9 @@
+//! tessera-tpu, in progress: the PJRT runtime the `tpu` backend will run on
+//! (`pjrt.rs` over the hand-written FFI of `ffi.rs`), and where its plugin
+//! comes from (`plugin.rs`). The backend registers itself once the graph
+//! lowering to StableHLO exists; until then `--device tpu` says this build
+//! has no tpu backend.
+
+mod ffi;
+pub mod pjrt;
+pub mod plugin;
