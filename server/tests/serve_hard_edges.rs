@@ -1,7 +1,8 @@
 //! The server's hard edges on a live `tessera serve`: a table of malformed
 //! requests, each answered with its 4xx in OpenAI's error shape while a normal
 //! request right after still succeeds; 64 concurrent streams; 32 clients that
-//! hang up mid-stream leave no KV blocks behind; SIGTERM drains and exits 0.
+//! hang up mid-stream and one that gives up on a non-streamed request leave no
+//! KV blocks behind; SIGTERM drains and exits 0.
 
 mod common;
 
@@ -471,6 +472,22 @@ fn concurrent_streams_complete_and_dropped_clients_free_their_blocks() {
         for t in tasks {
             t.await.expect("a disconnecting client failed");
         }
+        // A non-streaming client that gives up after a second.
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("client");
+        let body = json!({"prompt": "Tell me a story", "max_tokens": 1000, "ignore_eos": true});
+        let gave_up = impatient
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        assert!(
+            gave_up.is_err(),
+            "a 1000-token request answered within a second"
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let used = metric(&c, &base, "tessera_kv_blocks_used").await;
