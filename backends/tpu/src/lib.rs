@@ -4,6 +4,9 @@
 //! lowering to StableHLO exists; until then `--device tpu` says this build
 //! has no tpu backend.
 
+pub mod device;
 mod ffi;
+mod lower;
+mod mlir;
 pub mod pjrt;
 pub mod plugin;
