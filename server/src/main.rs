@@ -15,7 +15,11 @@ use std::process::ExitCode;
 
 // Linking a backend crate registers it; naming something in it makes sure the
 // linker keeps it. A new backend adds its line here (docs/adding-a-backend.md).
-const LINKED_BACKENDS: &[&str] = &[tessera_cpu::BACKEND_NAME, tessera_reference::BACKEND_NAME];
+const LINKED_BACKENDS: &[&str] = &[
+    tessera_cpu::BACKEND_NAME,
+    tessera_reference::BACKEND_NAME,
+    tessera_tpu::BACKEND_NAME,
+];
 
 #[derive(Parser)]
 #[command(

@@ -56,10 +56,16 @@ fn write(t: &Tensor, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Weights already on the device, shared by every executable compiled with
+/// them (each step shape is its own executable). The `Buffer` clone keeps the
+/// staged memory alive, so its address cannot be reused by another weight.
+type WeightCache = Mutex<Vec<(Buffer, usize, Arc<PjrtBuffer>)>>;
+
 pub struct TpuDevice {
     client: Arc<Client>,
     ordinal: usize,
     platform: String,
+    weights: Arc<WeightCache>,
 }
 
 impl TpuDevice {
@@ -69,7 +75,27 @@ impl TpuDevice {
             client,
             ordinal,
             platform,
+            weights: Arc::new(Mutex::new(vec![])),
         })
+    }
+
+    /// `t` on the device, uploaded once per (buffer, offset).
+    fn weight(&self, t: &Tensor) -> Result<Arc<PjrtBuffer>> {
+        let mut cache = self
+            .weights
+            .lock()
+            .map_err(|_| Error::device("tpu", "the weight cache's lock was poisoned"))?;
+        if let Some((_, _, b)) = cache.iter().find(|(buf, off, b)| {
+            buf.same(&t.buffer)
+                && *off == t.offset
+                && b.dims().is_ok_and(|d| d == t.shape)
+                && b.dtype().is_ok_and(|d| d == t.dtype)
+        }) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(self.upload(t)?);
+        cache.push((t.buffer.clone(), t.offset, b.clone()));
+        Ok(b)
     }
 
     fn upload(&self, t: &Tensor) -> Result<PjrtBuffer> {
@@ -157,7 +183,7 @@ impl Device for TpuDevice {
                 let t = weights
                     .get(name)
                     .ok_or_else(|| Error::invalid(format!("weight {name} is not bound")))?;
-                self.upload(t)
+                self.weight(t)
             })
             .collect::<Result<Vec<_>>>()?;
         let outputs = graph.outputs.iter().map(|&v| graph.ty(v).clone()).collect();
@@ -166,6 +192,7 @@ impl Device for TpuDevice {
                 client: self.client.clone(),
                 ordinal: self.ordinal,
                 platform: self.platform.clone(),
+                weights: self.weights.clone(),
             },
             exe,
             weights,
@@ -183,7 +210,7 @@ fn tracing_free_hint(e: Error, text: &str) -> Error {
 struct TpuExecutable {
     device: TpuDevice,
     exe: PjrtExecutable,
-    weights: Vec<PjrtBuffer>,
+    weights: Vec<Arc<PjrtBuffer>>,
     outputs: Vec<tessera_core::hal::TensorType>,
 }
 
@@ -194,7 +221,10 @@ impl Executable for TpuExecutable {
             .chain(state.iter())
             .map(|t| self.device.upload(t))
             .collect::<Result<Vec<_>>>()?;
-        let args: Vec<&PjrtBuffer> = staged_in.iter().chain(self.weights.iter()).collect();
+        let args: Vec<&PjrtBuffer> = staged_in
+            .iter()
+            .chain(self.weights.iter().map(|w| w.as_ref()))
+            .collect();
         let results = self.exe.execute(&args)?;
         let (outs, new_state) = results.split_at(self.outputs.len().min(results.len()));
         let mut tensors = vec![];

@@ -413,6 +413,168 @@ fn kv_write(c: &mut Ctx, iv: &[ValueId], i: &[String]) -> Result<String> {
     )))
 }
 
-fn attention(_c: &mut Ctx, _iv: &[ValueId], _i: &[String], _p: &AttentionParams) -> Result<String> {
-    Err(unsupported("paged_attention (not lowered yet)".into()))
+/// Gathers `x[idx[t]]` for 1-D `x` `[n]` (i32) at each of `idx` `[t]`.
+fn gather_1d(c: &mut Ctx, x: &str, n: usize, idx: &str, t: usize) -> String {
+    let i32 = DType::I32;
+    let idx2 = c.b.reshape(idx, i32, &[t], &[t, 1]);
+    c.b.op(format!(
+        "\"stablehlo.gather\"({x}, {idx2}) {{dimension_numbers = #stablehlo.gather<collapsed_slice_dims = [0], start_index_map = [0], index_vector_dim = 1>, slice_sizes = array<i64: 1>, indices_are_sorted = false}} : ({}, {}) -> {}",
+        ty(i32, &[n]),
+        ty(i32, &[t, 1]),
+        ty(i32, &[t])
+    ))
+}
+
+/// Paged attention as gathers through the block table. For each query row:
+/// its sequence (how many sequences end at or before it), its position
+/// (`seq_len - (end - row)`), and that sequence's keys gathered from the
+/// cache; scores masked to the visible positions (length, causal, window),
+/// softcapped, softmaxed; rows of no sequence (padding) come out zero.
+fn attention(c: &mut Ctx, iv: &[ValueId], i: &[String], p: &AttentionParams) -> Result<String> {
+    let (f32, i32) = (DType::F32, DType::I32);
+    let (qs, cs, ts) = (c.shape(iv[0]), c.shape(iv[1]), c.shape(iv[5]));
+    let kd = c.dtype(iv[1]);
+    let (tk, heads, d) = (qs[0], qs[1], qs[2]);
+    let (blocks, kvh, bs) = (cs[0], cs[1], cs[2]);
+    let (sn, m) = (ts[0], ts[1]);
+    if kvh == 0 || heads % kvh != 0 {
+        return Err(Error::invalid(format!(
+            "{heads} query heads over {kvh} KV heads"
+        )));
+    }
+    let (g, l) = (heads / kvh, m * bs);
+    let (q, kc, vc, qsl, lens, tables) = (&i[0], &i[1], &i[2], &i[3], &i[4], &i[5]);
+
+    // The sequence of each row: count of sequence ends <= row.
+    let ends = c.b.slice(qsl, i32, &[sn + 1], &[1], &[sn + 1]);
+    let rows =
+        c.b.op(format!("stablehlo.iota dim = 0 : {}", ty(i32, &[tk, sn])));
+    let endb = c.b.broadcast(&ends, i32, &[sn], &[tk, sn], &[1]);
+    let done = c.b.compare("LE", &endb, &rows, i32, &[tk, sn]);
+    let donef = c.b.op(format!(
+        "stablehlo.convert {done} : ({}) -> {}",
+        crate::mlir::ty_i1(&[tk, sn]),
+        ty(f32, &[tk, sn])
+    ));
+    let seqf = c.b.reduce("add", &donef, &[tk, sn], 1);
+    let seq = c.b.convert(&seqf, f32, i32, &[tk]);
+    let it = ty(i32, &[tk]);
+    let last = c.b.splat((sn.max(1) - 1) as f64, i32, &[tk]);
+    let zero = c.b.splat(0.0, i32, &[tk]);
+    let seqc =
+        c.b.op(format!("stablehlo.clamp {zero}, {seq}, {last} : {it}"));
+    let nseq = c.b.splat(sn as f64, i32, &[tk]);
+    let real = c.b.compare("LT", &seq, &nseq, i32, &[tk]);
+    // Position of each row, and its sequence's length.
+    let end = gather_1d(c, &ends, sn, &seqc, tk);
+    let len = gather_1d(c, lens, sn, &seqc, tk);
+    let row = c.b.op(format!("stablehlo.iota dim = 0 : {it}"));
+    let back = c.b.binary("subtract", &end, &row, &it);
+    let pos = c.b.binary("subtract", &len, &back, &it);
+
+    // Each row's sequence's block table, then its keys and values.
+    let seq2 = c.b.reshape(&seqc, i32, &[tk], &[tk, 1]);
+    let table = c.b.op(format!(
+        "\"stablehlo.gather\"({tables}, {seq2}) {{dimension_numbers = #stablehlo.gather<offset_dims = [1], collapsed_slice_dims = [0], start_index_map = [0], index_vector_dim = 1>, slice_sizes = array<i64: 1, {m}>, indices_are_sorted = false}} : ({}, {}) -> {}",
+        ty(i32, &ts),
+        ty(i32, &[tk, 1]),
+        ty(i32, &[tk, m])
+    ));
+    let table3 = c.b.reshape(&table, i32, &[tk, m], &[tk, m, 1]);
+    let mut per_row = |cache: &str| {
+        let gathered = [tk, m, kvh, bs, d];
+        let x = c.b.op(format!(
+            "\"stablehlo.gather\"({cache}, {table3}) {{dimension_numbers = #stablehlo.gather<offset_dims = [2, 3, 4], collapsed_slice_dims = [0], start_index_map = [0], index_vector_dim = 2>, slice_sizes = array<i64: 1, {kvh}, {bs}, {d}>, indices_are_sorted = false}} : ({}, {}) -> {}",
+            ty(kd, &cs),
+            ty(i32, &[tk, m, 1]),
+            ty(kd, &gathered)
+        ));
+        let x = c.b.convert(&x, kd, f32, &gathered);
+        let x = c.b.op(format!(
+            "stablehlo.transpose {x}, dims = [0, 2, 1, 3, 4] : ({}) -> {}",
+            ty(f32, &gathered),
+            ty(f32, &[tk, kvh, m, bs, d])
+        ));
+        c.b.reshape(&x, f32, &[tk, kvh, m, bs, d], &[tk, kvh, l, d])
+    };
+    let k = per_row(kc);
+    let v = per_row(vc);
+    let _ = blocks;
+
+    // Scores [T, kv_heads, group, L].
+    let sshape = [tk, kvh, g, l];
+    let st = ty(f32, &sshape);
+    let q4 = c.b.reshape(q, f32, &qs, &[tk, kvh, g, d]);
+    let s = c.b.op(format!(
+        "stablehlo.dot_general {q4}, {k}, batching_dims = [0, 1] x [0, 1], contracting_dims = [3] x [3] : ({}, {}) -> {st}",
+        ty(f32, &[tk, kvh, g, d]),
+        ty(f32, &[tk, kvh, l, d])
+    ));
+    let scale = c.b.splat(p.scale as f64, f32, &sshape);
+    let mut s = c.b.binary("multiply", &s, &scale, &st);
+    if let Some(cap) = p.softcap {
+        let capc = c.b.splat(cap as f64, f32, &sshape);
+        let x = c.b.binary("divide", &s, &capc, &st);
+        let x = c.b.unary("tanh", &x, &st);
+        s = c.b.binary("multiply", &x, &capc, &st);
+    }
+
+    // Visible keys [T, L]: j < len, j <= pos (causal), j > pos - window, real row.
+    let ml = [tk, l];
+    let b1 = crate::mlir::ty_i1(&ml);
+    let j = c.b.op(format!("stablehlo.iota dim = 1 : {}", ty(i32, &ml)));
+    let lenb = c.b.broadcast(&len, i32, &[tk], &ml, &[0]);
+    let mut vis = c.b.compare("LT", &j, &lenb, i32, &ml);
+    let posb = c.b.broadcast(&pos, i32, &[tk], &ml, &[0]);
+    if p.causal {
+        let before = c.b.compare("LE", &j, &posb, i32, &ml);
+        vis = c.b.binary("and", &vis, &before, &b1);
+    }
+    if let Some(w) = p.sliding_window.filter(|&w| w > 0) {
+        let wc = c.b.splat(w as f64, i32, &ml);
+        let lo = c.b.binary("subtract", &posb, &wc, &ml_ty(&ml));
+        let inside = c.b.compare("GT", &j, &lo, i32, &ml);
+        vis = c.b.binary("and", &vis, &inside, &b1);
+    }
+    let realb = c.b.op(format!(
+        "stablehlo.broadcast_in_dim {real}, dims = [0] : ({}) -> {b1}",
+        crate::mlir::ty_i1(&[tk])
+    ));
+    vis = c.b.binary("and", &vis, &realb, &b1);
+    let visb = c.b.op(format!(
+        "stablehlo.broadcast_in_dim {vis}, dims = [0, 3] : ({b1}) -> {}",
+        crate::mlir::ty_i1(&sshape)
+    ));
+    let ninf = c.b.splat(f64::NEG_INFINITY, f32, &sshape);
+    let s = c.b.select(&visb, &s, &ninf, f32, &sshape);
+
+    // Softmax over L; rows with nothing visible give zeros, not NaN.
+    let r3 = [tk, kvh, g];
+    let mx = c.b.reduce("maximum", &s, &sshape, 3);
+    let ninf3 = c.b.splat(f64::NEG_INFINITY, f32, &r3);
+    let empty = c.b.compare("EQ", &mx, &ninf3, f32, &r3);
+    let zero3 = c.b.splat(0.0, f32, &r3);
+    let mx = c.b.select(&empty, &zero3, &mx, f32, &r3);
+    let mxb = c.b.broadcast(&mx, f32, &r3, &sshape, &[0, 1, 2]);
+    let sh = c.b.binary("subtract", &s, &mxb, &st);
+    let e = c.b.unary("exponential", &sh, &st);
+    let sum = c.b.reduce("add", &e, &sshape, 3);
+    let pos_sum = c.b.compare("GT", &sum, &zero3, f32, &r3);
+    let one3 = c.b.splat(1.0, f32, &r3);
+    let safe = c.b.select(&pos_sum, &sum, &one3, f32, &r3);
+    let inv = c.b.binary("divide", &one3, &safe, &ty(f32, &r3));
+    let inv = c.b.select(&pos_sum, &inv, &zero3, f32, &r3);
+    let invb = c.b.broadcast(&inv, f32, &r3, &sshape, &[0, 1, 2]);
+    let pr = c.b.binary("multiply", &e, &invb, &st);
+
+    let o = c.b.op(format!(
+        "stablehlo.dot_general {pr}, {v}, batching_dims = [0, 1] x [0, 1], contracting_dims = [3] x [2] : ({st}, {}) -> {}",
+        ty(f32, &[tk, kvh, l, d]),
+        ty(f32, &[tk, kvh, g, d])
+    ));
+    Ok(c.b.reshape(&o, f32, &[tk, kvh, g, d], &qs))
+}
+
+fn ml_ty(shape: &[usize]) -> String {
+    ty(DType::I32, shape)
 }

@@ -67,3 +67,8 @@ fn kv_write_and_selection() {
         check(op);
     }
 }
+
+#[test]
+fn paged_attention() {
+    check("paged_attention");
+}
