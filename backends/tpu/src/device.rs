@@ -1,8 +1,9 @@
-//! The tpu `Device`. Memory handed to the core is staged on the host; a
-//! compiled step uploads its inputs and state, runs the whole graph as one
-//! PJRT executable, and downloads outputs and state. Weights are uploaded
-//! once, at compile. (Keeping the KV cache on the device between steps, by
-//! donation, is the next step; `pjrt.rs` already supports it.)
+//! The tpu `Device`. Memory handed to the core is staged on the host, and a
+//! region of it may also live on the device: a step's state (the KV cache)
+//! stays there between steps, donated to each step's executable and replaced
+//! by its output, so it crosses to the host only when the core reads or writes
+//! those bytes itself (block copies), which first brings them home. Weights
+//! are uploaded once per device; inputs and logits cross every step.
 
 use crate::lower::lower;
 use crate::pjrt::{Buffer as PjrtBuffer, Client, Executable as PjrtExecutable};
@@ -13,9 +14,16 @@ use tessera_core::hal::{
 };
 use tessera_core::{DType, Error, Result};
 
-/// Host-staged bytes.
+/// A region of staged memory whose current value is on the device.
+struct Resident {
+    offset: usize,
+    buf: PjrtBuffer,
+}
+
+/// Host-staged bytes, and the regions whose newer value is on the device.
 pub struct StagedMemory {
     bytes: Mutex<Vec<u8>>,
+    resident: Mutex<Vec<Resident>>,
 }
 
 impl DeviceMemory for StagedMemory {
@@ -27,11 +35,68 @@ impl DeviceMemory for StagedMemory {
     }
 }
 
+fn poisoned<T>(_: T) -> Error {
+    Error::device("tpu", "a buffer's lock was poisoned by a panic")
+}
+
 impl StagedMemory {
     fn lock(&self) -> Result<MutexGuard<'_, Vec<u8>>> {
-        self.bytes
+        self.bytes.lock().map_err(poisoned)
+    }
+
+    /// Brings every device-resident region back into the host bytes.
+    fn bring_home(&self, stats: &Transfers) -> Result<()> {
+        let mut resident = self.resident.lock().map_err(poisoned)?;
+        let mut bytes = self.lock()?;
+        for r in resident.drain(..) {
+            let n = r.buf.dims()?.iter().product::<usize>() * r.buf.dtype()?.size();
+            let dst = bytes
+                .get_mut(r.offset..r.offset + n)
+                .ok_or_else(|| Error::invalid("a resident region outside its buffer"))?;
+            r.buf.download(dst)?;
+            stats.down(n);
+        }
+        Ok(())
+    }
+
+    /// Takes the device copy of the region at `offset`, if there is one.
+    fn take_resident(&self, offset: usize) -> Result<Option<PjrtBuffer>> {
+        let mut resident = self.resident.lock().map_err(poisoned)?;
+        Ok(resident
+            .iter()
+            .position(|r| r.offset == offset)
+            .map(|i| resident.swap_remove(i).buf))
+    }
+
+    fn put_resident(&self, offset: usize, buf: PjrtBuffer) -> Result<()> {
+        self.resident
             .lock()
-            .map_err(|_| Error::device("tpu", "a buffer's lock was poisoned by a panic"))
+            .map_err(poisoned)?
+            .push(Resident { offset, buf });
+        Ok(())
+    }
+}
+
+/// Bytes moved between host and device, for tests and diagnostics.
+#[derive(Default)]
+pub struct Transfers {
+    up: std::sync::atomic::AtomicU64,
+    down: std::sync::atomic::AtomicU64,
+}
+
+impl Transfers {
+    fn up(&self, n: usize) {
+        self.up
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn down(&self, n: usize) {
+        self.down
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// (uploaded, downloaded) bytes so far.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.up.load(Relaxed), self.down.load(Relaxed))
     }
 }
 
@@ -66,6 +131,7 @@ pub struct TpuDevice {
     ordinal: usize,
     platform: String,
     weights: Arc<WeightCache>,
+    transfers: Arc<Transfers>,
 }
 
 impl TpuDevice {
@@ -76,7 +142,13 @@ impl TpuDevice {
             ordinal,
             platform,
             weights: Arc::new(Mutex::new(vec![])),
+            transfers: Arc::new(Transfers::default()),
         })
+    }
+
+    /// Bytes moved between host and device so far.
+    pub fn transfers(&self) -> (u64, u64) {
+        self.transfers.totals()
     }
 
     /// `t` on the device, uploaded once per (buffer, offset).
@@ -99,8 +171,17 @@ impl TpuDevice {
     }
 
     fn upload(&self, t: &Tensor) -> Result<PjrtBuffer> {
-        self.client
-            .upload(&read(t)?, t.dtype, &t.shape, self.ordinal)
+        let bytes = read(t)?;
+        self.transfers.up(bytes.len());
+        self.client.upload(&bytes, t.dtype, &t.shape, self.ordinal)
+    }
+
+    /// A state tensor on the device: its resident copy, else uploaded.
+    fn state(&self, t: &Tensor) -> Result<PjrtBuffer> {
+        match staged(&t.buffer)?.take_resident(t.offset)? {
+            Some(b) => Ok(b),
+            None => self.upload(t),
+        }
     }
 }
 
@@ -137,11 +218,14 @@ impl Device for TpuDevice {
         v.resize(bytes, 0);
         Ok(Buffer::new(Arc::new(StagedMemory {
             bytes: Mutex::new(v),
+            resident: Mutex::new(vec![]),
         })))
     }
 
     fn upload(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()> {
-        let mut m = staged(dst)?.lock()?;
+        let mem = staged(dst)?;
+        mem.bring_home(&self.transfers)?;
+        let mut m = mem.lock()?;
         let end = offset
             .checked_add(src.len())
             .filter(|&e| e <= m.len())
@@ -156,7 +240,9 @@ impl Device for TpuDevice {
     }
 
     fn download(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
-        let m = staged(src)?.lock()?;
+        let mem = staged(src)?;
+        mem.bring_home(&self.transfers)?;
+        let m = mem.lock()?;
         let s = offset
             .checked_add(dst.len())
             .and_then(|e| m.get(offset..e))
@@ -193,6 +279,7 @@ impl Device for TpuDevice {
                 ordinal: self.ordinal,
                 platform: self.platform.clone(),
                 weights: self.weights.clone(),
+                transfers: self.transfers.clone(),
             },
             exe,
             weights,
@@ -216,21 +303,28 @@ struct TpuExecutable {
 
 impl Executable for TpuExecutable {
     fn run(&mut self, inputs: &[Tensor], state: &mut [Tensor]) -> Result<Vec<Tensor>> {
-        let staged_in = inputs
+        let mut staged_in = inputs
             .iter()
-            .chain(state.iter())
             .map(|t| self.device.upload(t))
             .collect::<Result<Vec<_>>>()?;
+        for t in state.iter() {
+            staged_in.push(self.device.state(t)?);
+        }
         let args: Vec<&PjrtBuffer> = staged_in
             .iter()
             .chain(self.weights.iter().map(|w| w.as_ref()))
             .collect();
         let results = self.exe.execute(&args)?;
-        let (outs, new_state) = results.split_at(self.outputs.len().min(results.len()));
+        drop(staged_in);
+        let mut results = results.into_iter();
         let mut tensors = vec![];
-        for (buf, tt) in outs.iter().zip(&self.outputs) {
+        for tt in &self.outputs {
+            let buf = results
+                .next()
+                .ok_or_else(|| Error::invalid("the step returned too few outputs"))?;
             let mut host = vec![0u8; tt.nbytes()];
             buf.download(&mut host)?;
+            self.device.transfers.down(host.len());
             let t = Tensor::new(
                 self.device.alloc(host.len())?,
                 0,
@@ -240,10 +334,12 @@ impl Executable for TpuExecutable {
             write(&t, &host)?;
             tensors.push(t);
         }
-        for (buf, t) in new_state.iter().zip(state.iter()) {
-            let mut host = vec![0u8; t.nbytes()];
-            buf.download(&mut host)?;
-            write(t, &host)?;
+        // The new caches stay on the device, in place of the donated ones.
+        for t in state.iter() {
+            let buf = results
+                .next()
+                .ok_or_else(|| Error::invalid("the step returned too few state outputs"))?;
+            staged(&t.buffer)?.put_resident(t.offset, buf)?;
         }
         Ok(tensors)
     }

@@ -61,16 +61,21 @@ pub fn lower(g: &Graph) -> Result<Lowered> {
         names: vec![None; g.values.len()],
     };
     let mut args = vec![];
-    let mut arg = |c: &mut Ctx, v: ValueId| {
+    let mut arg = |c: &mut Ctx, v: ValueId, attr: String| {
         let n = format!("%a{}", args.len());
-        args.push(format!("{n}: {}", ty(c.dtype(v), &c.shape(v))));
+        args.push(format!("{n}: {}{attr}", ty(c.dtype(v), &c.shape(v))));
         c.names[v.0 as usize] = Some(n);
     };
     for &v in &g.inputs {
-        arg(&mut c, v);
+        arg(&mut c, v, String::new());
     }
-    for &v in &g.state {
-        arg(&mut c, v);
+    // Each state is donated to its updated value (output after the graph's).
+    for (k, &v) in g.state.iter().enumerate() {
+        arg(
+            &mut c,
+            v,
+            format!(" {{tf.aliasing_output = {} : i32}}", g.outputs.len() + k),
+        );
     }
     let mut weights: Vec<(String, ValueId)> = g
         .values
@@ -83,7 +88,7 @@ pub fn lower(g: &Graph) -> Result<Lowered> {
         .collect();
     weights.sort();
     for (_, v) in &weights {
-        arg(&mut c, *v);
+        arg(&mut c, *v, String::new());
     }
     // The newest value of each state, updated by kv_write.
     let mut state_now: Vec<String> = g

@@ -1,6 +1,6 @@
 //! The StableHLO lowering, op by op, through the conformance suite's ops
 //! layer (one-op graphs compiled by the XLA CPU plugin, against the f64
-//! reference backend).
+//! reference backend); and the KV cache staying on the device across steps.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use tessera_core::hal::Device;
 use tessera_tpu::device::TpuDevice;
 use tessera_tpu::pjrt::{Client, Plugin};
 
-fn device() -> Arc<dyn Device> {
+fn tpu() -> TpuDevice {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../scripts/fetch-pjrt-plugin.sh"
@@ -25,7 +25,11 @@ fn device() -> Arc<dyn Device> {
     );
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let client = Client::new(Plugin::load(&path).expect("plugin")).expect("client");
-    Arc::new(TpuDevice::new(Arc::new(client), 0).expect("device"))
+    TpuDevice::new(Arc::new(client), 0).expect("device")
+}
+
+fn device() -> Arc<dyn Device> {
+    Arc::new(tpu())
 }
 
 fn check(op: &str) {
@@ -71,4 +75,62 @@ fn kv_write_and_selection() {
 #[test]
 fn paged_attention() {
     check("paged_attention");
+}
+
+/// Decode steps move their inputs and logits, never the KV cache: it is
+/// donated to each step and stays on the device.
+#[test]
+fn decode_steps_do_not_copy_the_kv_cache() {
+    use tessera_core::engine::StepBatch;
+    let tpu = Arc::new(tpu());
+    let dev: Arc<dyn Device> = tpu.clone();
+    let dir = tessera_conformance::fixtures_dir().join("tiny/qwen2_bias");
+    let src = tessera_core::model::open(dir.to_str().expect("utf-8")).expect("fixture");
+    let mut r = tessera_conformance::runner_on(&dev, &src, tessera_core::DType::F32, 64, 16)
+        .expect("runner");
+    let cache_bytes: usize = r.kv.tensors.iter().map(|t| t.nbytes()).sum();
+    let prompt: Vec<u32> = (1..12).collect();
+    let logits = tessera_conformance::prompt_logits(&mut r, &prompt).expect("prefill");
+    let vocab = src.config.vocab_size;
+    let mut next = argmax(&logits[(prompt.len() - 1) * vocab..]);
+    let mut per_step = vec![];
+    for pos in prompt.len()..prompt.len() + 4 {
+        let before = tpu.transfers();
+        let out = r
+            .step(&StepBatch {
+                tokens: vec![next],
+                positions: vec![pos as u32],
+                slots: vec![pos as u32],
+                query_start_loc: vec![0, 1],
+                seq_lens: vec![pos as u32 + 1],
+                block_tables: vec![vec![0]],
+                all_logits: false,
+            })
+            .expect("decode step")
+            .to_f32_vec();
+        next = argmax(&out);
+        let after = tpu.transfers();
+        per_step.push((after.0 - before.0) + (after.1 - before.1));
+    }
+    eprintln!("bytes moved per decode step: {per_step:?}; KV cache {cache_bytes} bytes");
+    // The step's inputs (a few i32s) and one row of logits, give or take.
+    let bound = (vocab * 4 + 4096) as u64;
+    assert!(
+        per_step.iter().all(|&b| b <= bound),
+        "bytes moved per decode step {per_step:?}, bound {bound}, KV cache {cache_bytes}"
+    );
+    assert!(
+        (cache_bytes as u64) > 4 * bound,
+        "the test cache is too small to tell"
+    );
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
