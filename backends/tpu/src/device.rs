@@ -257,11 +257,19 @@ impl Device for TpuDevice {
     }
 
     fn compile(&self, graph: &Graph, weights: &WeightMap) -> Result<Box<dyn Executable>> {
+        let started = std::time::Instant::now();
         let lowered = lower(graph)?;
         let exe = self
             .client
             .compile(&lowered.text)
-            .map_err(|e| tracing_free_hint(e, &lowered.text))?;
+            .map_err(|e| with_program_head(e, &lowered.text))?;
+        let first = graph.inputs.first().map(|&v| graph.ty(v).shape.clone());
+        tracing::info!(
+            "tpu: compiled a step for inputs {first:?} ({} ops, {} bytes of StableHLO) in {:.2}s",
+            graph.nodes.len(),
+            lowered.text.len(),
+            started.elapsed().as_secs_f64()
+        );
         let weights = lowered
             .weights
             .iter()
@@ -289,7 +297,7 @@ impl Device for TpuDevice {
 }
 
 /// Adds the head of the program to a compile error, where the line numbers point.
-fn tracing_free_hint(e: Error, text: &str) -> Error {
+fn with_program_head(e: Error, text: &str) -> Error {
     let head: String = text.lines().take(3).collect::<Vec<_>>().join(" | ");
     Error::device("tpu", format!("{e} (program starts: {head})"))
 }

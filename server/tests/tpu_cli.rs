@@ -1,0 +1,94 @@
+//! `--device tpu` as users run it, on the XLA CPU PJRT plugin (the same PJRT
+//! C API a TPU's libtpu serves; scripts/fetch-pjrt-plugin.sh fetches it):
+//! every conformance layer passes, the chat answer names Paris like the cpu
+//! backend's, and without a plugin `tessera devices` says why tpu is
+//! unavailable, at once.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn plugin() -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/fetch-pjrt-plugin.sh"
+    );
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("fetch plugin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn tessera(args: &[&str], plugin: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.args(args);
+    match plugin {
+        Some(p) => c.env("TESSERA_PJRT_PLUGIN", p),
+        None => c.env_remove("TESSERA_PJRT_PLUGIN"),
+    };
+    c.output().expect("run tessera")
+}
+
+#[test]
+fn tpu_passes_every_conformance_layer_on_the_cpu_plugin() {
+    let p = plugin();
+    let o = tessera(&["conformance", "--device", "tpu"], Some(&p));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("conformance tpu: ") && summary.ends_with("-> PASS"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn tpu_answers_the_chat_question_like_the_cpu() {
+    let p = plugin();
+    let q = "What is the capital of France?";
+    let tpu = tessera(&["generate", "--device", "tpu", "--chat", q], Some(&p));
+    let cpu = tessera(&["generate", "--device", "cpu", "--chat", q], None);
+    let (t, c) = (
+        String::from_utf8_lossy(&tpu.stdout),
+        String::from_utf8_lossy(&cpu.stdout),
+    );
+    assert!(
+        tpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tpu.stderr)
+    );
+    assert!(t.contains("Paris"), "{t}");
+    assert_eq!(t, c, "tpu and cpu answers differ");
+}
+
+#[test]
+fn without_a_plugin_tpu_is_unavailable_with_its_reason_at_once() {
+    let start = Instant::now();
+    let o = tessera(&["devices"], None);
+    let took = start.elapsed();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("tpu "))
+        .unwrap_or_else(|| panic!("no tpu row:\n{out}"));
+    assert!(
+        row.contains("unavailable") && row.contains("TESSERA_PJRT_PLUGIN"),
+        "{row}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "tessera devices took {took:?}"
+    );
+    let o = tessera(&["generate", "--device", "tpu", "hi"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unavailable"), "{err}");
+}
