@@ -134,3 +134,26 @@ fn argmax(row: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// The decode buckets compile ahead of time, and a step of a compiled shape
+/// then runs without compiling.
+#[test]
+fn decode_buckets_precompile() {
+    let dev = device();
+    let dir = tessera_conformance::fixtures_dir().join("tiny/qwen2_bias");
+    let src = tessera_core::model::open(dir.to_str().expect("utf-8")).expect("fixture");
+    let mut r = tessera_conformance::runner_on(&dev, &src, tessera_core::DType::F32, 64, 16)
+        .expect("runner");
+    let shapes = r.decode_buckets(2, 2);
+    assert_eq!(shapes.len(), 4);
+    let mut seen = vec![];
+    r.precompile(&shapes, |done, total, shape, secs| {
+        assert!(secs >= 0.0);
+        seen.push((done, total, shape.num_seqs, shape.max_blocks));
+    })
+    .expect("precompile");
+    assert_eq!(
+        seen,
+        [(1, 4, 1, 1), (2, 4, 1, 2), (3, 4, 2, 1), (4, 4, 2, 2)]
+    );
+}

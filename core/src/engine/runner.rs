@@ -45,6 +45,45 @@ impl Runner {
         }
     }
 
+    /// The step shapes a device that pads to buckets compiles for decoding:
+    /// 1, 2, 4, ... sequences (up to `max_seqs`, one token each) by 1, 2, 4,
+    /// ... blocks per sequence (up to `max_blocks`), as many as the
+    /// executable cache holds, smallest first.
+    pub fn decode_buckets(&self, max_seqs: usize, max_blocks: usize) -> Vec<StepShape> {
+        let pow2 = |max: usize| {
+            std::iter::successors(Some(1usize), |&x| Some(x * 2))
+                .take_while(move |&x| x <= max.max(1))
+        };
+        let mut shapes: Vec<StepShape> = pow2(max_seqs)
+            .flat_map(|s| {
+                pow2(max_blocks).map(move |b| StepShape {
+                    num_tokens: s,
+                    num_seqs: s,
+                    max_blocks: b,
+                    all_logits: false,
+                })
+            })
+            .collect();
+        shapes.sort_by_key(|s| (s.num_seqs * s.max_blocks, s.num_seqs));
+        shapes.truncate(MAX_EXECUTABLES);
+        shapes
+    }
+
+    /// Compiles `shapes` now, so the first requests of each do not wait;
+    /// `progress(done, total, shape, seconds)` after each.
+    pub fn precompile(
+        &mut self,
+        shapes: &[StepShape],
+        mut progress: impl FnMut(usize, usize, &StepShape, f64),
+    ) -> Result<()> {
+        for (i, &shape) in shapes.iter().enumerate() {
+            let started = std::time::Instant::now();
+            self.executable(shape)?;
+            progress(i + 1, shapes.len(), &shape, started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
     fn executable(&mut self, shape: StepShape) -> Result<&mut Box<dyn Executable>> {
         if let Some(i) = self.executables.iter().position(|(s, _)| *s == shape) {
             let entry = self

@@ -56,6 +56,40 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C before they are aborted.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// On backends that compile per step shape (tpu), do not compile the decode
+    /// buckets before serving (the first requests then wait for them).
+    #[arg(long)]
+    no_precompile: bool,
+}
+
+/// Compiles the decode buckets of a bucketing backend before the server
+/// accepts requests, with a progress bar on stderr.
+fn precompile(engine: &mut tessera_core::engine::Engine, block_size: usize) -> anyhow::Result<()> {
+    let seqs = engine.config.max_num_seqs.min(8);
+    let blocks = engine
+        .config
+        .max_model_len
+        .min(512)
+        .div_ceil(block_size.max(1));
+    let shapes = engine.runner.decode_buckets(seqs, blocks);
+    let started = std::time::Instant::now();
+    engine.runner.precompile(&shapes, |done, total, shape, secs| {
+        let width = 24;
+        let filled = width * done / total.max(1);
+        eprint!(
+            "\rtessera: compiling step buckets [{}{}] {done}/{total} ({} seqs x {} blocks: {secs:.1}s)   ",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            shape.num_seqs,
+            shape.max_blocks
+        );
+    })?;
+    eprintln!(
+        "\ntessera: compiled {} buckets in {:.1}s",
+        shapes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 pub struct AppState {
@@ -185,6 +219,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         engine.config.max_model_len = capacity;
     }
     let max_model_len = engine.config.max_model_len;
+    if !session.device.capabilities().exact_shapes && !a.no_precompile {
+        precompile(&mut engine, session.block_size)?;
+    }
     let vocab = session.source.config.vocab_size;
     let model_name = a
         .served_model_name
