@@ -132,6 +132,23 @@ pub struct TpuDevice {
     platform: String,
     weights: Arc<WeightCache>,
     transfers: Arc<Transfers>,
+    /// Compiled executables on disk, by hash of program and plugin; `None` off.
+    disk_cache: Option<std::path::PathBuf>,
+    disk_hits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A 128-bit name for `text` (two independent 64-bit FNV-1a hashes).
+fn program_key(text: &str, salt: &str) -> String {
+    let h = |seed: u64| {
+        text.bytes().chain(salt.bytes()).fold(seed, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    format!(
+        "{:016x}{:016x}",
+        h(0xcbf2_9ce4_8422_2325),
+        h(0x84222325_cbf29ce4)
+    )
 }
 
 impl TpuDevice {
@@ -143,7 +160,55 @@ impl TpuDevice {
             platform,
             weights: Arc::new(Mutex::new(vec![])),
             transfers: Arc::new(Transfers::default()),
+            disk_cache: Some(tessera_core::model::cache_dir().join("xla-executables")),
+            disk_hits: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// Keeps compiled executables under `dir` (`None`: in memory only).
+    pub fn with_disk_cache(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.disk_cache = dir;
+        self
+    }
+
+    /// Executables loaded from the disk cache instead of compiled.
+    pub fn disk_hits(&self) -> u64 {
+        self.disk_hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Compiles `text`, or loads it from the disk cache, and stores new ones.
+    /// A cache file that does not load (another plugin version, corruption)
+    /// is replaced; a cache that cannot be written only costs the next start.
+    fn compile_cached(&self, text: &str) -> Result<PjrtExecutable> {
+        let salt = format!("{}:{:?}", self.platform, self.client.plugin_version());
+        let path = self
+            .disk_cache
+            .as_ref()
+            .map(|d| d.join(format!("{}.pjrt", program_key(text, &salt))));
+        if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            if let Ok(exe) = self.client.load_serialized(&bytes) {
+                self.disk_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(exe);
+            }
+        }
+        let exe = self.client.compile(text)?;
+        if let (Some(path), Ok(bytes)) = (path, exe.serialize()) {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let stored = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&tmp, &bytes))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = stored {
+                tracing::warn!(
+                    "tpu: cannot cache a compiled step in {}: {e}",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok(exe)
     }
 
     /// Bytes moved between host and device so far.
@@ -260,8 +325,7 @@ impl Device for TpuDevice {
         let started = std::time::Instant::now();
         let lowered = lower(graph)?;
         let exe = self
-            .client
-            .compile(&lowered.text)
+            .compile_cached(&lowered.text)
             .map_err(|e| with_program_head(e, &lowered.text))?;
         let first = graph.inputs.first().map(|&v| graph.ty(v).shape.clone());
         tracing::info!(
@@ -288,6 +352,8 @@ impl Device for TpuDevice {
                 platform: self.platform.clone(),
                 weights: self.weights.clone(),
                 transfers: self.transfers.clone(),
+                disk_cache: self.disk_cache.clone(),
+                disk_hits: self.disk_hits.clone(),
             },
             exe,
             weights,

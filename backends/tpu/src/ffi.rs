@@ -37,9 +37,11 @@ pub mod fn_index {
     pub const CLIENT_BUFFER_FROM_HOST_BUFFER: usize = 22;
     pub const EXECUTABLE_DESTROY: usize = 40;
     pub const EXECUTABLE_NUM_OUTPUTS: usize = 44;
+    pub const EXECUTABLE_SERIALIZE: usize = 49;
     pub const LOADED_EXECUTABLE_DESTROY: usize = 50;
     pub const LOADED_EXECUTABLE_GET_EXECUTABLE: usize = 51;
     pub const LOADED_EXECUTABLE_EXECUTE: usize = 55;
+    pub const EXECUTABLE_DESERIALIZE_AND_LOAD: usize = 56;
     pub const BUFFER_DESTROY: usize = 58;
     pub const BUFFER_ELEMENT_TYPE: usize = 59;
     pub const BUFFER_DIMENSIONS: usize = 60;
@@ -237,4 +239,19 @@ args!(PJRT_Buffer_ToHostBuffer_Args, last = event: *mut PJRT_Event, {
     dst: *mut c_void,
     dst_size: usize,
     event: *mut PJRT_Event,
+});
+args!(PJRT_Executable_Serialize_Args, last = serialized_executable_deleter: *const c_void, {
+    executable: *const PJRT_Executable,
+    serialized_bytes: *const c_char,
+    serialized_bytes_size: usize,
+    serialized_executable: *mut c_void,
+    serialized_executable_deleter: *const c_void,
+});
+args!(PJRT_Executable_DeserializeAndLoad_Args, last = overridden_serialized_compile_options_size: usize, {
+    client: *mut PJRT_Client,
+    serialized_executable: *const c_char,
+    serialized_executable_size: usize,
+    loaded_executable: *mut PJRT_LoadedExecutable,
+    overridden_serialized_compile_options: *const c_char,
+    overridden_serialized_compile_options_size: usize,
 });

@@ -213,6 +213,11 @@ impl Client {
         self.devices.len()
     }
 
+    /// The plugin's PJRT API version.
+    pub fn plugin_version(&self) -> (i32, i32) {
+        self.plugin.version
+    }
+
     /// `cpu`, `tpu`, ...
     pub fn platform_name(&self) -> Result<String> {
         let mut a = ffi::PJRT_Client_PlatformName_Args::new();
@@ -297,6 +302,28 @@ impl Client {
         let mut exe = Executable {
             plugin: self.plugin.clone(),
             raw: a.executable,
+            num_outputs: 0,
+        };
+        exe.num_outputs = exe.count_outputs()?;
+        Ok(exe)
+    }
+}
+
+impl Client {
+    /// Loads an executable `Executable::serialize` wrote (same plugin version).
+    pub fn load_serialized(&self, bytes: &[u8]) -> Result<Executable> {
+        let mut a = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
+        a.client = self.raw;
+        a.serialized_executable = bytes.as_ptr() as *const _;
+        a.serialized_executable_size = bytes.len();
+        self.plugin.call(
+            F::EXECUTABLE_DESERIALIZE_AND_LOAD,
+            "PJRT_Executable_DeserializeAndLoad",
+            &mut a,
+        )?;
+        let mut exe = Executable {
+            plugin: self.plugin.clone(),
+            raw: a.loaded_executable,
             num_outputs: 0,
         };
         exe.num_outputs = exe.count_outputs()?;
@@ -421,6 +448,44 @@ impl Executable {
 
     pub fn num_outputs(&self) -> usize {
         self.num_outputs
+    }
+
+    /// The compiled program as bytes, for an on-disk cache.
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let mut g = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
+        g.loaded_executable = self.raw;
+        self.plugin.call(
+            F::LOADED_EXECUTABLE_GET_EXECUTABLE,
+            "PJRT_LoadedExecutable_GetExecutable",
+            &mut g,
+        )?;
+        let mut a = ffi::PJRT_Executable_Serialize_Args::new();
+        a.executable = g.executable;
+        let done = self
+            .plugin
+            .call(F::EXECUTABLE_SERIALIZE, "PJRT_Executable_Serialize", &mut a);
+        let bytes = if done.is_ok() && !a.serialized_bytes.is_null() {
+            // SAFETY: the plugin returned this many bytes, valid until the deleter runs.
+            unsafe {
+                std::slice::from_raw_parts(a.serialized_bytes as *const u8, a.serialized_bytes_size)
+            }
+            .to_vec()
+        } else {
+            vec![]
+        };
+        if !a.serialized_executable_deleter.is_null() {
+            // SAFETY: the deleter has this signature and takes the object it came with.
+            unsafe {
+                let del: unsafe extern "C" fn(*mut c_void) =
+                    std::mem::transmute(a.serialized_executable_deleter);
+                del(a.serialized_executable);
+            }
+        }
+        let mut d = ffi::PJRT_Executable_Destroy_Args::new();
+        d.executable = g.executable;
+        self.plugin
+            .call(F::EXECUTABLE_DESTROY, "PJRT_Executable_Destroy", &mut d)?;
+        done.map(|()| bytes)
     }
 
     /// Runs once on the executable's device and waits for it. Arguments the

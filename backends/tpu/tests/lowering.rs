@@ -157,3 +157,26 @@ fn decode_buckets_precompile() {
         [(1, 4, 1, 1), (2, 4, 1, 2), (3, 4, 2, 1), (4, 4, 2, 2)]
     );
 }
+
+/// A step compiled once is loaded from the disk cache by the next device.
+#[test]
+fn compiled_steps_are_cached_on_disk() {
+    let dir = std::env::temp_dir().join(format!("tessera-xla-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = || {
+        let tpu = Arc::new(tpu().with_disk_cache(Some(dir.clone())));
+        let dev: Arc<dyn Device> = tpu.clone();
+        let opts = Options {
+            layers: vec![Layer::Ops],
+            op: Some("silu_mul".into()),
+            ..Options::default()
+        };
+        let report = run_on("tpu", &dev, &opts).expect("suite");
+        assert!(report.passed());
+        tpu.disk_hits()
+    };
+    assert_eq!(run(), 0, "a cold cache has nothing to load");
+    assert!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) >= 3);
+    assert_eq!(run(), 3, "every silu_mul case should load from disk");
+    std::fs::remove_dir_all(&dir).ok();
+}

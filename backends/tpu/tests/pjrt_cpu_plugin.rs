@@ -124,3 +124,21 @@ fn compiles_runs_donates_and_reports_errors() {
     let again = add.execute(&[&ba, &bb]).expect("still usable");
     assert_eq!(again.len(), 1);
 }
+
+#[test]
+fn executables_serialize_and_load_back() {
+    let plugin = Plugin::load(&plugin_path()).expect("load the plugin");
+    let client = Client::new(plugin).expect("client");
+    let add = client.compile(ADD).expect("compile");
+    let bytes = add.serialize().expect("serialize");
+    assert!(!bytes.is_empty());
+    let again = client.load_serialized(&bytes).expect("load");
+    let a = client
+        .upload(&f32_bytes(&[1.0; 6]), DType::F32, &[2, 3], 0)
+        .expect("a");
+    let out = again.execute(&[&a, &a]).expect("execute");
+    let mut host = vec![0u8; 24];
+    out[0].download(&mut host).expect("download");
+    assert_eq!(f32s(&host), [2.0; 6]);
+    assert!(client.load_serialized(b"not an executable").is_err());
+}
