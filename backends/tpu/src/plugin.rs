@@ -25,8 +25,8 @@ fn has_tpu_hardware(dev: &Path) -> bool {
     })
 }
 
-/// libtpu.so in the usual places: beside an installed `libtpu` Python package
-/// (found on disk, without starting Python) or in the library directories.
+/// libtpu.so in the usual places: the library directories, the system
+/// Python's site-packages, then wherever `python3` has the `libtpu` package.
 fn find_libtpu() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -42,6 +42,23 @@ fn find_libtpu() -> Option<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join("libtpu.so"))
         .find(|p| p.is_file())
+        .or_else(libtpu_from_python)
+}
+
+/// Where the `python3` on PATH (a virtualenv, pyenv) has the `libtpu`
+/// package. Importing it only locates the library; it does not initialise it.
+fn libtpu_from_python() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, libtpu; print(os.path.dirname(libtpu.__file__))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Some(dir.join("libtpu.so")).filter(|p| p.is_file())
 }
 
 /// The plugin to load, or why there is none. `env` is `TESSERA_PJRT_PLUGIN`,
