@@ -4,24 +4,13 @@
 //! backend's, and without a plugin `tessera devices` says why tpu is
 //! unavailable, at once.
 
+mod common;
+
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn plugin() -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/fetch-pjrt-plugin.sh"
-    );
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("fetch plugin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::script_output("fetch-pjrt-plugin.sh")
 }
 
 fn tessera(args: &[&str], plugin: Option<&str>) -> Output {

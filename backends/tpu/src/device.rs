@@ -126,6 +126,8 @@ fn write(t: &Tensor, bytes: &[u8]) -> Result<()> {
 /// staged memory alive, so its address cannot be reused by another weight.
 type WeightCache = Mutex<Vec<(Buffer, usize, Arc<PjrtBuffer>)>>;
 
+/// Cheap to clone: every field is shared.
+#[derive(Clone)]
 pub struct TpuDevice {
     client: Arc<Client>,
     ordinal: usize,
@@ -346,15 +348,7 @@ impl Device for TpuDevice {
             .collect::<Result<Vec<_>>>()?;
         let outputs = graph.outputs.iter().map(|&v| graph.ty(v).clone()).collect();
         Ok(Box::new(TpuExecutable {
-            device: TpuDevice {
-                client: self.client.clone(),
-                ordinal: self.ordinal,
-                platform: self.platform.clone(),
-                weights: self.weights.clone(),
-                transfers: self.transfers.clone(),
-                disk_cache: self.disk_cache.clone(),
-                disk_hits: self.disk_hits.clone(),
-            },
+            device: self.clone(),
             exe,
             weights,
             outputs,

@@ -359,7 +359,7 @@ fn gather_last(c: &mut Ctx, x: &str, qsl: &str, xs: &[usize], out: &[usize]) -> 
 
 /// Index of the first maximum of each row of f32 `x` (NaN never wins).
 fn argmax(c: &mut Ctx, x: &str, s: &[usize]) -> String {
-    let (rows, v) = (s[0], s[1]);
+    let rows = s[0];
     let iota =
         c.b.op(format!("stablehlo.iota dim = 1 : {}", ty(DType::I32, s)));
     let ninf = c.b.op(format!(
@@ -369,11 +369,8 @@ fn argmax(c: &mut Ctx, x: &str, s: &[usize]) -> String {
     let zero =
         c.b.op("stablehlo.constant dense<0> : tensor<i32>".to_string());
     let r = c.b.fresh();
-    let names: Vec<String> = (0..10).map(|_| c.b.fresh()).collect();
-    let [av, ai, xv, xi, gt, eq, lt, tie, pick, out] =
-        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map(|k| names[k].clone());
-    let (sv, si) = (c.b.fresh(), c.b.fresh());
-    let _ = v;
+    // Names inside the reducer: accumulator (av, ai), element (xv, xi), temporaries.
+    let [av, ai, xv, xi, gt, eq, lt, tie, pick, sv, si] = [(); 11].map(|()| c.b.fresh());
     c.b.lines.push(format!(
         "    {r}:2 = \"stablehlo.reduce\"({x}, {iota}, {ninf}, {zero}) ({{\n      ^bb0({av}: tensor<f32>, {ai}: tensor<i32>, {xv}: tensor<f32>, {xi}: tensor<i32>):\n        {gt} = stablehlo.compare GT, {xv}, {av} : (tensor<f32>, tensor<f32>) -> tensor<i1>\n        {eq} = stablehlo.compare EQ, {xv}, {av} : (tensor<f32>, tensor<f32>) -> tensor<i1>\n        {lt} = stablehlo.compare LT, {xi}, {ai} : (tensor<i32>, tensor<i32>) -> tensor<i1>\n        {tie} = stablehlo.and {eq}, {lt} : tensor<i1>\n        {pick} = stablehlo.or {gt}, {tie} : tensor<i1>\n        {sv} = stablehlo.select {pick}, {xv}, {av} : tensor<i1>, tensor<f32>\n        {si} = stablehlo.select {pick}, {xi}, {ai} : tensor<i1>, tensor<i32>\n        stablehlo.return {sv}, {si} : tensor<f32>, tensor<i32>\n    }}) {{dimensions = array<i64: 1>}} : ({}, {}, tensor<f32>, tensor<i32>) -> ({}, {})",
         ty(DType::F32, s),
@@ -381,7 +378,6 @@ fn argmax(c: &mut Ctx, x: &str, s: &[usize]) -> String {
         ty(DType::F32, &[rows]),
         ty(DType::I32, &[rows])
     ));
-    let _ = out;
     format!("{r}#1")
 }
 
@@ -440,7 +436,7 @@ fn attention(c: &mut Ctx, iv: &[ValueId], i: &[String], p: &AttentionParams) -> 
     let (qs, cs, ts) = (c.shape(iv[0]), c.shape(iv[1]), c.shape(iv[5]));
     let kd = c.dtype(iv[1]);
     let (tk, heads, d) = (qs[0], qs[1], qs[2]);
-    let (blocks, kvh, bs) = (cs[0], cs[1], cs[2]);
+    let (kvh, bs) = (cs[1], cs[2]);
     let (sn, m) = (ts[0], ts[1]);
     if kvh == 0 || heads % kvh != 0 {
         return Err(Error::invalid(format!(
@@ -504,7 +500,6 @@ fn attention(c: &mut Ctx, iv: &[ValueId], i: &[String], p: &AttentionParams) -> 
     };
     let k = per_row(kc);
     let v = per_row(vc);
-    let _ = blocks;
 
     // Scores [T, kv_heads, group, L].
     let sshape = [tk, kvh, g, l];
@@ -537,7 +532,7 @@ fn attention(c: &mut Ctx, iv: &[ValueId], i: &[String], p: &AttentionParams) -> 
     }
     if let Some(w) = p.sliding_window.filter(|&w| w > 0) {
         let wc = c.b.splat(w as f64, i32, &ml);
-        let lo = c.b.binary("subtract", &posb, &wc, &ml_ty(&ml));
+        let lo = c.b.binary("subtract", &posb, &wc, &ty(i32, &ml));
         let inside = c.b.compare("GT", &j, &lo, i32, &ml);
         vis = c.b.binary("and", &vis, &inside, &b1);
     }
@@ -578,8 +573,4 @@ fn attention(c: &mut Ctx, iv: &[ValueId], i: &[String], p: &AttentionParams) -> 
         ty(f32, &[tk, kvh, g, d])
     ));
     Ok(c.b.reshape(&o, f32, &[tk, kvh, g, d], &qs))
-}
-
-fn ml_ty(shape: &[usize]) -> String {
-    ty(DType::I32, shape)
 }

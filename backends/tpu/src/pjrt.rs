@@ -299,13 +299,7 @@ impl Client {
         a.compile_options_size = COMPILE_OPTIONS.len();
         self.plugin
             .call(F::CLIENT_COMPILE, "PJRT_Client_Compile", &mut a)?;
-        let mut exe = Executable {
-            plugin: self.plugin.clone(),
-            raw: a.executable,
-            num_outputs: 0,
-        };
-        exe.num_outputs = exe.count_outputs()?;
-        Ok(exe)
+        Executable::wrap(self.plugin.clone(), a.executable)
     }
 }
 
@@ -321,13 +315,7 @@ impl Client {
             "PJRT_Executable_DeserializeAndLoad",
             &mut a,
         )?;
-        let mut exe = Executable {
-            plugin: self.plugin.clone(),
-            raw: a.loaded_executable,
-            num_outputs: 0,
-        };
-        exe.num_outputs = exe.count_outputs()?;
-        Ok(exe)
+        Executable::wrap(self.plugin.clone(), a.loaded_executable)
     }
 }
 
@@ -424,7 +412,30 @@ unsafe impl Send for Executable {}
 unsafe impl Sync for Executable {}
 
 impl Executable {
-    fn count_outputs(&self) -> Result<usize> {
+    /// Owns a loaded executable the plugin returned and reads its output count.
+    fn wrap(plugin: Arc<Plugin>, raw: *mut ffi::PJRT_LoadedExecutable) -> Result<Executable> {
+        let mut exe = Executable {
+            plugin,
+            raw,
+            num_outputs: 0,
+        };
+        exe.num_outputs = exe.with_program(|program| {
+            let mut n = ffi::PJRT_Executable_NumOutputs_Args::new();
+            n.executable = program;
+            exe.plugin
+                .call(
+                    F::EXECUTABLE_NUM_OUTPUTS,
+                    "PJRT_Executable_NumOutputs",
+                    &mut n,
+                )
+                .map(|()| n.num_outputs)
+        })?;
+        Ok(exe)
+    }
+
+    /// Runs `f` on the executable's compiled program (a handle the plugin
+    /// makes on request and that must be destroyed after use).
+    fn with_program<T>(&self, f: impl FnOnce(*mut ffi::PJRT_Executable) -> Result<T>) -> Result<T> {
         let mut g = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
         g.loaded_executable = self.raw;
         self.plugin.call(
@@ -432,18 +443,12 @@ impl Executable {
             "PJRT_LoadedExecutable_GetExecutable",
             &mut g,
         )?;
-        let mut n = ffi::PJRT_Executable_NumOutputs_Args::new();
-        n.executable = g.executable;
-        let counted = self.plugin.call(
-            F::EXECUTABLE_NUM_OUTPUTS,
-            "PJRT_Executable_NumOutputs",
-            &mut n,
-        );
+        let result = f(g.executable);
         let mut d = ffi::PJRT_Executable_Destroy_Args::new();
         d.executable = g.executable;
         self.plugin
             .call(F::EXECUTABLE_DESTROY, "PJRT_Executable_Destroy", &mut d)?;
-        counted.map(|()| n.num_outputs)
+        result
     }
 
     pub fn num_outputs(&self) -> usize {
@@ -452,40 +457,34 @@ impl Executable {
 
     /// The compiled program as bytes, for an on-disk cache.
     pub fn serialize(&self) -> Result<Vec<u8>> {
-        let mut g = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
-        g.loaded_executable = self.raw;
-        self.plugin.call(
-            F::LOADED_EXECUTABLE_GET_EXECUTABLE,
-            "PJRT_LoadedExecutable_GetExecutable",
-            &mut g,
-        )?;
-        let mut a = ffi::PJRT_Executable_Serialize_Args::new();
-        a.executable = g.executable;
-        let done = self
-            .plugin
-            .call(F::EXECUTABLE_SERIALIZE, "PJRT_Executable_Serialize", &mut a);
-        let bytes = if done.is_ok() && !a.serialized_bytes.is_null() {
-            // SAFETY: the plugin returned this many bytes, valid until the deleter runs.
-            unsafe {
-                std::slice::from_raw_parts(a.serialized_bytes as *const u8, a.serialized_bytes_size)
+        self.with_program(|program| {
+            let mut a = ffi::PJRT_Executable_Serialize_Args::new();
+            a.executable = program;
+            let done =
+                self.plugin
+                    .call(F::EXECUTABLE_SERIALIZE, "PJRT_Executable_Serialize", &mut a);
+            let bytes = if done.is_ok() && !a.serialized_bytes.is_null() {
+                // SAFETY: the plugin returned this many bytes, valid until the deleter runs.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        a.serialized_bytes as *const u8,
+                        a.serialized_bytes_size,
+                    )
+                }
+                .to_vec()
+            } else {
+                vec![]
+            };
+            if !a.serialized_executable_deleter.is_null() {
+                // SAFETY: the deleter has this signature and takes the object it came with.
+                unsafe {
+                    let del: unsafe extern "C" fn(*mut c_void) =
+                        std::mem::transmute(a.serialized_executable_deleter);
+                    del(a.serialized_executable);
+                }
             }
-            .to_vec()
-        } else {
-            vec![]
-        };
-        if !a.serialized_executable_deleter.is_null() {
-            // SAFETY: the deleter has this signature and takes the object it came with.
-            unsafe {
-                let del: unsafe extern "C" fn(*mut c_void) =
-                    std::mem::transmute(a.serialized_executable_deleter);
-                del(a.serialized_executable);
-            }
-        }
-        let mut d = ffi::PJRT_Executable_Destroy_Args::new();
-        d.executable = g.executable;
-        self.plugin
-            .call(F::EXECUTABLE_DESTROY, "PJRT_Executable_Destroy", &mut d)?;
-        done.map(|()| bytes)
+            done.map(|()| bytes)
+        })
     }
 
     /// Runs once on the executable's device and waits for it. Arguments the

@@ -2,7 +2,8 @@
 //! layer (one-op graphs compiled by the XLA CPU plugin, against the f64
 //! reference backend); and the KV cache staying on the device across steps.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use tessera_conformance::{run_on, Layer, Options};
 use tessera_core::hal::Device;
@@ -10,20 +11,7 @@ use tessera_tpu::device::TpuDevice;
 use tessera_tpu::pjrt::{Client, Plugin};
 
 fn tpu() -> TpuDevice {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/fetch-pjrt-plugin.sh"
-    );
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("fetch plugin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let path = common::plugin_path();
     let client = Client::new(Plugin::load(&path).expect("plugin")).expect("client");
     TpuDevice::new(Arc::new(client), 0).expect("device")
 }

@@ -2,26 +2,11 @@
 //! fetches it): a StableHLO program compiled and run, buffers round-tripped,
 //! an input donated to an output, and errors returned as values.
 
-use std::path::PathBuf;
+mod common;
+
+use common::plugin_path;
 use tessera_core::DType;
 use tessera_tpu::pjrt::{Client, Plugin};
-
-fn plugin_path() -> PathBuf {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/fetch-pjrt-plugin.sh"
-    );
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run scripts/fetch-pjrt-plugin.sh");
-    assert!(
-        out.status.success(),
-        "fetch-pjrt-plugin.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -68,20 +68,22 @@ impl Drop for Server {
     }
 }
 
-/// The directory holding the openai package (installed on first use).
-pub fn openai_pythonpath() -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/install-test-deps.sh"
-    );
+/// What a script of `scripts/` prints (they print the path they cached).
+pub fn script_output(name: &str) -> String {
+    let script = format!("{}/../scripts/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
-        .arg(script)
+        .arg(&script)
         .output()
-        .expect("run scripts/install-test-deps.sh");
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/install-test-deps.sh failed: {}",
+        "scripts/{name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The directory holding the openai package (installed on first use).
+pub fn openai_pythonpath() -> String {
+    script_output("install-test-deps.sh")
 }
