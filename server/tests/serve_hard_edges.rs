@@ -377,6 +377,29 @@ fn malformed_requests_get_their_4xx_and_the_server_keeps_serving() {
         if get.status().as_u16() != 405 {
             failures.push(format!("GET /v1/completions: {}", get.status()));
         }
+        // A body too large is not read to its end, so the connection cannot be
+        // reused: the answer must say so, or the client's next request on it fails.
+        let big = c
+            .post(format!("{base}/v1/completions"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(vec![b' '; 5 << 20])
+            .send()
+            .await
+            .expect("large body");
+        let closes = big
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if big.status().as_u16() != 413 || !closes {
+            failures.push(format!(
+                "large body: {} without connection: close ({:?})",
+                big.status(),
+                big.headers()
+            ));
+        }
+        for _ in 0..3 {
+            normal(&c, &base).await;
+        }
         assert!(
             failures.is_empty(),
             "{} cases wrong:\n{}",

@@ -161,6 +161,15 @@ async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Re
         };
         resp = ApiError::new(status, message).into_response();
     }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read, so hyper drops the connection
+        // after this answer; saying so keeps the client from reusing it for
+        // its next request (which would then fail as an incomplete message).
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     s.metrics.request(&endpoint, status.as_u16());
     resp
 }
