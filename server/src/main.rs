@@ -17,6 +17,7 @@ use std::process::ExitCode;
 // linker keeps it. A new backend adds its line here (docs/adding-a-backend.md).
 const LINKED_BACKENDS: &[&str] = &[
     tessera_cpu::BACKEND_NAME,
+    tessera_cuda::BACKEND_NAME,
     tessera_reference::BACKEND_NAME,
     tessera_tpu::BACKEND_NAME,
 ];

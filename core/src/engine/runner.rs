@@ -69,8 +69,9 @@ impl Runner {
         shapes
     }
 
-    /// Compiles `shapes` now, so the first requests of each do not wait;
-    /// `progress(done, total, shape, seconds)` after each.
+    /// Compiles `shapes` now, so the first requests of each do not wait (and
+    /// on a device that captures graphs, runs each once on padding so its
+    /// graph is recorded); `progress(done, total, shape, seconds)` after each.
     pub fn precompile(
         &mut self,
         shapes: &[StepShape],
@@ -79,6 +80,9 @@ impl Runner {
         for (i, &shape) in shapes.iter().enumerate() {
             let started = std::time::Instant::now();
             self.executable(shape)?;
+            if self.model.device.capabilities().graph_capture {
+                self.run_padding(shape)?;
+            }
             progress(i + 1, shapes.len(), &shape, started.elapsed().as_secs_f64());
         }
         Ok(())
@@ -109,6 +113,51 @@ impl Runner {
         let buf = dev.alloc(bytes.len())?;
         dev.upload(&buf, 0, &bytes)?;
         Tensor::new(buf, 0, DType::I32, shape)
+    }
+
+    /// Uploads a step's inputs (`tokens, positions, slots, query_start_loc,
+    /// seq_lens, block_tables`, padded to `shape`) and runs its executable.
+    fn run_shape(&mut self, shape: StepShape, inputs: [&[i32]; 6]) -> Result<Vec<Tensor>> {
+        let (t, s) = (shape.num_tokens, shape.num_seqs);
+        let shapes = [
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![s + 1],
+            vec![s],
+            vec![s, shape.max_blocks],
+        ];
+        let inputs = inputs
+            .into_iter()
+            .zip(shapes)
+            .map(|(data, dims)| self.upload_i32(data, dims))
+            .collect::<Result<Vec<_>>>()?;
+        let mut state = std::mem::take(&mut self.kv.tensors);
+        let result = self
+            .executable(shape)
+            .and_then(|exe| exe.run(&inputs, &mut state));
+        self.kv.tensors = state;
+        result
+    }
+
+    /// Runs `shape` once on padding only (no sequence has a token, no slot is
+    /// written), so a device that captures graphs records this shape's now.
+    fn run_padding(&mut self, shape: StepShape) -> Result<()> {
+        let (t, s) = (shape.num_tokens, shape.num_seqs);
+        let zeros = vec![0i32; t.max(s + 1).max(s * shape.max_blocks)];
+        let no_slots = vec![-1i32; t];
+        self.run_shape(
+            shape,
+            [
+                &zeros[..t],
+                &zeros[..t],
+                &no_slots,
+                &zeros[..s + 1],
+                &zeros[..s],
+                &zeros[..s * shape.max_blocks],
+            ],
+        )?;
+        self.model.device.synchronize()
     }
 
     /// Runs one step; returns f32 logits `[sequences, vocab]` (or `[tokens, vocab]`).
@@ -157,20 +206,10 @@ impl Runner {
                 tables[i * max_blocks + j] = blk as i32;
             }
         }
-        let inputs = vec![
-            self.upload_i32(&tokens, vec![shape.num_tokens])?,
-            self.upload_i32(&positions, vec![shape.num_tokens])?,
-            self.upload_i32(&slots, vec![shape.num_tokens])?,
-            self.upload_i32(&qsl, vec![shape.num_seqs + 1])?,
-            self.upload_i32(&seq_lens, vec![shape.num_seqs])?,
-            self.upload_i32(&tables, vec![shape.num_seqs, max_blocks])?,
-        ];
-        let mut state = std::mem::take(&mut self.kv.tensors);
-        let result = self
-            .executable(shape)
-            .and_then(|exe| exe.run(&inputs, &mut state));
-        self.kv.tensors = state;
-        let outputs = result?;
+        let outputs = self.run_shape(
+            shape,
+            [&tokens, &positions, &slots, &qsl, &seq_lens, &tables],
+        )?;
         let logits = outputs
             .first()
             .ok_or_else(|| Error::invalid("the graph returned no logits"))?;

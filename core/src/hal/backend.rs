@@ -67,7 +67,7 @@ pub struct OpenOptions {
 }
 
 /// Backends the design names that a build may not include yet.
-const PLANNED: &[&str] = &["cuda", "rocm", "gaudi"];
+const PLANNED: &[&str] = &["rocm", "gaudi"];
 
 /// Every linked backend, sorted by name.
 pub fn backends() -> Vec<&'static BackendEntry> {
