@@ -168,8 +168,9 @@ def timed_generate(torch, model, gen_cfg_cls, ids, new_tokens, device):
     return dt
 
 
-def measure_shape(torch, transformers, shape, args, res):
-    """Fills `res` as it goes, so a failure keeps what was measured before it."""
+def measure_shape(torch, transformers, shape, args, res, save):
+    """Fills `res` and saves as it goes, so a failure or a timeout keeps what was
+    measured before it."""
     device = args.device
     t_build = time.perf_counter()
     model = build_model(torch, transformers, shape, device)
@@ -178,6 +179,7 @@ def measure_shape(torch, transformers, shape, args, res):
     res["build_s"] = round(time.perf_counter() - t_build, 2)
     res["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     log(f"{shape}: built in {res['build_s']} s, {res['weight_bytes'] / 1e9:.2f} GB of bf16 weights")
+    save()
     gen_cls = transformers.GenerationConfig
     g = torch.Generator(device=device).manual_seed(0)
     vocab = PRESETS[shape]["vocab_size"]
@@ -195,6 +197,7 @@ def measure_shape(torch, transformers, shape, args, res):
             res["decode_tok_s"] = N / (tn - t1) if tn > t1 else None
             log(f"{shape}: batch-1 decode {res['decode_tok_s'] or 0:.1f} tok/s "
                 f"(generate({N}) {tn:.3f} s, generate(1) {t1:.3f} s)")
+            save()
             # (b) batch-B throughput.
             idsb = torch.randint(0, vocab, (B, P), generator=g, device=device)
             timed_generate(torch, model, gen_cls, idsb[:, : min(P, 16)], 2, device)  # warm-up
@@ -259,6 +262,7 @@ def main():
 
     failed = False
     try:
+        result["copy_gib"] = args.copy_gib
         result["copy_bandwidth_gb_s"] = copy_bandwidth(torch, args.device, args.copy_gib)
         log(f"copy bandwidth {result['copy_bandwidth_gb_s']:.1f} GB/s (read + write)")
     except Exception as e:
@@ -272,7 +276,7 @@ def main():
     for shape in shapes:
         res = result["shapes"][shape] = {}
         try:
-            measure_shape(torch, transformers, shape, args, res)
+            measure_shape(torch, transformers, shape, args, res, save)
         except Exception as e:
             failed = True
             traceback.print_exc()

@@ -196,7 +196,7 @@ def build(out, shapes, quick, device):
     verdict_row = next((r for r in rows if r["shape"] == VERDICT_SHAPE and r["mode"] == "decode b=1"), None)
     if quick:
         bw_ok = None
-        bw_note = f"not judged (no {VERDICT_SHAPE} run: --quick)"
+        bw_note = f"not judged ({VERDICT_SHAPE} not in this run, e.g. --quick)"
     else:
         frac = verdict_row["fraction_of_hbm_bound"] if verdict_row else None
         bw_ok = frac is not None and frac >= BOUND_FRACTION
@@ -208,6 +208,19 @@ def build(out, shapes, quick, device):
             bw_note = f"{VERDICT_SHAPE} batch-1 decode at {frac:.0%} of the HBM bound (need {BOUND_FRACTION:.0%})"
         if not bw_ok:
             reasons.append(bw_note)
+    peer_step = steps.get("peer")
+    missing = [f"{r['shape']} {r['mode']}" for r in rows if r["peer_status"] != "ok"]
+    if not peer:
+        peer_status = f"failed (peer.json {peer_why or 'is not an object'})"
+    elif peer.get("errors") or missing or (peer_step and peer_step["status"] != "ok"):
+        why = [str(e) for e in peer.get("errors", [])]
+        if peer_step and peer_step["status"] != "ok":
+            why.insert(0, f"step {peer_step['status']} (rc {peer_step['rc']})")
+        if missing:
+            why.append("not measured: " + ", ".join(missing))
+        peer_status = "failed: " + "; ".join(why)
+    else:
+        peer_status = "ok"
     failed_steps = [n for n, s in steps.items() if s["status"] != "ok" and n != "report"]
     return {
         "pass": conf["pass"] and bw_ok is not False,
@@ -220,8 +233,8 @@ def build(out, shapes, quick, device):
         "torch": peer.get("torch"),
         "transformers": peer.get("transformers"),
         "copy_bandwidth_gb_s": copy_bw,
-        "peer_status": "ok" if not peer.get("errors") and peer else
-                       "failed" + (f" (peer.json {peer_why})" if peer_why else f": {'; '.join(map(str, peer.get('errors', [])))}"),
+        "copy_gib": num(peer.get("copy_gib")),
+        "peer_status": peer_status,
         "conformance": conf,
         "rows": rows,
         "steps": steps,
@@ -251,10 +264,11 @@ def print_table(rep):
     print()
     bw = rep["copy_bandwidth_gb_s"]
     print(f"gpu: {rep['gpu'] or '-'}; torch {rep['torch'] or '-'}, transformers {rep['transformers'] or '-'}")
-    print(f"HBM bound = torch copy bandwidth {fmt(bw, '{:.0f}')} GB/s (2 x 2 GiB / best copy time); "
+    gib = rep.get("copy_gib") or 2
+    print(f"HBM bound = torch copy bandwidth {fmt(bw, '{:.0f}')} GB/s (2 x {gib:g} GiB / best of 10 copies); "
           f"peer: {rep['peer_status']}")
     for r in rep["rows"]:
-        for who in ("tessera", "peer") if rep["gpu"] else ("tessera",):
+        for who in ("tessera",):
             if r[f"{who}_status"] != "ok":
                 print(f"  {r['shape']} {r['mode']}: {who} {r[f'{who}_status']}")
     c = rep["conformance"]

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: fetches the default model (cached),
 # the openai Python client the server tests drive it with and the XLA CPU
-# PJRT plugin the tpu backend is tested on (all cached),
+# PJRT plugin the tpu backend is tested on and NVIDIA's NVRTC + ptxas wheels
+# the cuda kernels are compiled with (all cached),
 # then runs every crate's tests. Needs only Rust and python3 with pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-default-model.sh >/dev/null
 scripts/install-test-deps.sh >/dev/null
 scripts/fetch-pjrt-plugin.sh >/dev/null
+scripts/fetch-cuda-tools.sh >/dev/null
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

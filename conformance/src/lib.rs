@@ -6,7 +6,8 @@
 //!    reference backend; NMSE limits per op and dtype (`thresholds.rs`); NaN,
 //!    writes outside an output and changes to inputs fail.
 //! 2. **models** (`models.rs`): whole models against Hugging Face transformers'
-//!    golden logits and greedy tokens (fixtures made by `oracle/make_fixtures.py`).
+//!    golden logits and greedy tokens (fixtures made by `oracle/make_fixtures.py`);
+//!    with a peer device, random-weight models of real shapes against it (`peer.rs`).
 //! 3. **engine** (`invariants.rs`): batching, chunking, prefix caching,
 //!    preemption and seeds never change what a request gets.
 //!
@@ -18,6 +19,7 @@ mod harness;
 pub mod invariants;
 pub mod models;
 pub mod ops;
+mod peer;
 pub mod perf;
 mod report;
 mod suite;

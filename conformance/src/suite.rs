@@ -19,6 +19,9 @@ pub struct Options {
     /// Only this op (ops layer).
     pub op: Option<String>,
     pub path: Path,
+    /// Also compare random-weight models of real shapes with this device
+    /// (models layer), for machines where no model file is at hand.
+    pub peer: Option<String>,
 }
 
 impl Default for Options {
@@ -27,6 +30,7 @@ impl Default for Options {
             layers: Layer::ALL.to_vec(),
             op: None,
             path: Path::Auto,
+            peer: None,
         }
     }
 }
@@ -68,7 +72,12 @@ pub fn run_on(device: &str, dev: &Arc<dyn Device>, opts: &Options) -> Result<Rep
                 opts.op.as_deref(),
                 opts.path,
             )?),
-            Layer::Models => checks.extend(models::check(dev)),
+            Layer::Models => {
+                checks.extend(models::check(dev));
+                if let Some(peer) = &opts.peer {
+                    checks.extend(crate::peer::check(dev, peer));
+                }
+            }
             Layer::Engine => checks.extend(invariants::check(dev)),
         }
     }

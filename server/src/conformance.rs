@@ -32,6 +32,11 @@ pub struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Models layer: also compare random-weight models of real shapes
+    /// (smollm2-135m, llama-3.2-1b) with this device, e.g. `cpu` (for
+    /// machines without the model files).
+    #[arg(long)]
+    peer: Option<String>,
 }
 
 pub fn run_cli(args: Args) -> anyhow::Result<()> {
@@ -56,6 +61,7 @@ pub fn run_cli(args: Args) -> anyhow::Result<()> {
             let opts = Options {
                 layers,
                 op: args.op.clone(),
+                peer: args.peer.clone(),
                 ..Options::default()
             };
             let report = run(&args.device, &opts)?;

@@ -397,6 +397,14 @@ impl Kernels for CudaKernels {
         }
         let group = n / nkv;
         let kv = suffix(k_cache.dtype, "KV cache")?;
+        // The kernels read dims in pairs; prefill tiles hold at most 256 dims
+        // in registers, 16 at a time.
+        if d % 2 != 0 || (t > s && (d % 16 != 0 || d > 256)) {
+            return Err(Error::Unsupported {
+                backend: "cuda".into(),
+                what: format!("attention with head_dim {d} (multiples of 16 up to 256 are)"),
+            });
+        }
         if let Some(c) = p.softcap {
             if c <= 0.0 {
                 return Err(Error::invalid(format!("softcap must be positive, got {c}")));

@@ -199,3 +199,40 @@ fn kernel_parameters_are_the_ones_the_host_passes() {
     }
     assert!(wrong.is_empty(), "ABI mismatches:\n{}", wrong.join("\n"));
 }
+
+/// Kernels compiled once are loaded from the disk cache after; a damaged
+/// cache file is compiled again and replaced.
+#[test]
+fn compiled_kernels_are_cached_on_disk_by_source_arch_and_nvrtc() {
+    tools();
+    let cache = std::env::temp_dir().join(format!("tessera-cuda-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    // SAFETY: no other test of this binary reads TESSERA_CACHE.
+    unsafe { std::env::set_var("TESSERA_CACHE", &cache) };
+    let first = tessera_cuda::compiler::ptx_for("sm_80").expect("compile");
+    let dir = cache.join("cuda-kernels");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        SOURCES.len(),
+        "one cached PTX per kernel file: {files:?}"
+    );
+    assert!(files
+        .iter()
+        .all(|f| f.to_string_lossy().contains("-sm_80-nvrtc12.")));
+    std::fs::write(&files[0], "not ptx").expect("damage a cache file");
+    let again = tessera_cuda::compiler::ptx_for("sm_80").expect("recompile");
+    assert_eq!(first, again, "the cache gives back what was compiled");
+    assert_ne!(std::fs::read_to_string(&files[0]).expect("read"), "not ptx");
+    let other = tessera_cuda::compiler::ptx_for("sm_90").expect("compile sm_90");
+    assert_ne!(first[0].1, other[0].1, "another arch is another entry");
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("cache dir").count(),
+        2 * SOURCES.len()
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+}
