@@ -221,7 +221,7 @@ def build(out, shapes, quick, device):
         peer_status = "failed: " + "; ".join(why)
     else:
         peer_status = "ok"
-    failed_steps = [n for n, s in steps.items() if s["status"] != "ok" and n != "report"]
+    failed_steps = [n for n, s in steps.items() if s["status"] != "ok" and n not in ("report", "verdict")]
     return {
         "pass": conf["pass"] and bw_ok is not False,
         "reasons": reasons,

@@ -96,13 +96,31 @@ fn read_bandwidth_gb_s(threads: usize) -> f64 {
     best
 }
 
+/// Device memory bandwidth: the best of several 1 GiB device-to-device
+/// copies, counting the bytes read and written (what decode streams from HBM).
+fn device_copy_bandwidth_gb_s(dev: &dyn tessera_core::hal::Device) -> anyhow::Result<f64> {
+    let free = dev.memory_info()?.free_bytes as usize;
+    let bytes = (1usize << 30).min(free / 4).max(1 << 20);
+    let (src, dst) = (dev.alloc(bytes)?, dev.alloc(bytes)?);
+    let mut best = 0f64;
+    for _ in 0..6 {
+        dev.synchronize()?;
+        let t = Instant::now();
+        dev.copy(&src, 0, &dst, 0, bytes)?;
+        dev.synchronize()?;
+        best = best.max(2.0 * bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Ok(best)
+}
+
 fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     let threads = a.model.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let bw = read_bandwidth_gb_s(threads);
+    // Host bandwidth unless the device has memory of its own (measured below).
+    let mut bw: Option<f64> = None;
     let mut rows = vec![];
     let mut device_name = String::new();
     for d in &a.dtypes {
@@ -123,6 +141,18 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
             stop_ids: vec![],
             prefill_chunk: 4096,
         };
+        let caps = session.device.capabilities();
+        let bw = *bw.get_or_insert_with(|| {
+            if caps.host_memory {
+                read_bandwidth_gb_s(threads)
+            } else {
+                device_copy_bandwidth_gb_s(session.device.as_ref()).unwrap_or(f64::NAN)
+            }
+        });
+        if caps.graph_capture {
+            // Record the step shapes' graphs first, as serving does at start.
+            generate(&mut runner, &prompt, &opts, |_| Ok(true))?;
+        }
         let stats = generate(&mut runner, &prompt, &opts, |_| Ok(true))?;
         let weight_bytes = runner.model.weight_bytes;
         let avg_ctx = a.prompt_tokens + a.decode_tokens / 2;
@@ -146,12 +176,12 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
         model: a.model.model.clone(),
         device: device_name,
         threads,
-        read_bandwidth_gb_s: bw,
+        read_bandwidth_gb_s: bw.unwrap_or(f64::NAN),
         rows,
     };
     println!(
         "model {} on {} ({} threads), read bandwidth {:.1} GB/s",
-        report.model, report.device, threads, bw
+        report.model, report.device, threads, report.read_bandwidth_gb_s
     );
     println!(
         "{:<6} {:>10} {:>13} {:>12} {:>14} {:>15} {:>9}",
