@@ -6,6 +6,7 @@ use crate::gpu::Gpu;
 use crate::graphs::Captured;
 use crate::kernels::CudaKernels;
 use crate::memory::{address, CudaMemory};
+use crate::runtime::CudaRuntime;
 use std::sync::Arc;
 use tessera_core::hal::{
     interpreter, Buffer, Capabilities, Device, Executable, Graph, Kernels, KvLayout, MemoryInfo,
@@ -17,14 +18,29 @@ use tessera_core::{DType, Result};
 /// buckets, where launch overhead rivals the work. Larger steps run eagerly.
 const GRAPH_MAX_TOKENS: usize = 256;
 
+/// What the kernels of `kernels/cuda` take: f32 activations, bf16 or f32
+/// weights and KV cache, blocks of 8 to 256 tokens.
+pub fn capabilities(graph_capture: bool) -> Capabilities {
+    Capabilities {
+        weight_dtypes: vec![DType::BF16, DType::F32],
+        activation_dtype: DType::F32,
+        kv_dtypes: vec![DType::BF16, DType::F32],
+        kv_layout: KvLayout::BlockHeadToken,
+        block_sizes: vec![8, 16, 32, 64, 128, 256],
+        graph_capture,
+        exact_shapes: false,
+        host_memory: false,
+    }
+}
+
 pub struct CudaDevice {
     gpu: Arc<Gpu>,
-    kernels: Arc<CudaKernels>,
+    kernels: Arc<CudaKernels<CudaRuntime>>,
     graphs: bool,
 }
 
 impl CudaDevice {
-    pub fn new(gpu: Arc<Gpu>, kernels: Arc<CudaKernels>) -> Self {
+    pub fn new(gpu: Arc<Gpu>, kernels: Arc<CudaKernels<CudaRuntime>>) -> Self {
         // TESSERA_CUDA_GRAPHS=0 turns capture off (to compare, or to debug).
         let graphs = std::env::var("TESSERA_CUDA_GRAPHS").map_or(true, |v| v != "0");
         CudaDevice {
@@ -45,16 +61,7 @@ impl Device for CudaDevice {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            weight_dtypes: vec![DType::BF16, DType::F32],
-            activation_dtype: DType::F32,
-            kv_dtypes: vec![DType::BF16, DType::F32],
-            kv_layout: KvLayout::BlockHeadToken,
-            block_sizes: vec![8, 16, 32, 64, 128, 256],
-            graph_capture: self.graphs,
-            exact_shapes: false,
-            host_memory: false,
-        }
+        capabilities(self.graphs)
     }
 
     fn memory_info(&self) -> Result<MemoryInfo> {

@@ -85,6 +85,23 @@ impl Gpu {
         unsafe { result::ctx::set_current(ctx) }.map_err(|e| fail("cuCtxSetCurrent", e))?;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(|e| fail("cuStreamCreate", e))?;
+        // Keep up to this much freed memory in the stream-ordered pool across
+        // synchronisations (the default, 0, returns it at every step's sync
+        // and the next step's small allocations map memory again).
+        let mut keep: u64 = 1 << 30;
+        // SAFETY: the device's default pool; the attribute takes a u64.
+        let kept = unsafe {
+            result::device::get_default_mem_pool(device).and_then(|pool| {
+                result::mem_pool::set_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut keep as *mut u64 as *mut std::ffi::c_void,
+                )
+            })
+        };
+        if let Err(e) = kept {
+            tracing::debug!("memory pool release threshold not set: {e:?}");
+        }
         Ok(Gpu {
             ordinal,
             name,

@@ -4,12 +4,10 @@
 //!
 //! Activations are f32; weights and the KV cache are f32 or bf16.
 
-use crate::gemm::Gemm;
-use crate::gpu::Gpu;
-use crate::launch::{Args, Config, Functions};
-use crate::memory::{ptr, CudaMemory};
+use crate::launch::{Args, Config};
+use crate::runtime::Runtime;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tessera_core::hal::{
     AttentionBatch, AttentionParams, Buffer, Kernels, RopeParams, RopeStyle, Tensor,
 };
@@ -57,10 +55,8 @@ const MAX_GQA_GROUP: usize = 16;
 /// Largest batch the gemv kernel takes; larger ones go to cuBLASLt.
 const GEMV_MAX_TOKENS: usize = 8;
 
-pub struct CudaKernels {
-    gpu: Arc<Gpu>,
-    functions: Functions,
-    gemm: Mutex<Gemm>,
+pub struct CudaKernels<R: Runtime> {
+    rt: R,
     /// Scratch by purpose and size; kept for the device's life, because a
     /// captured CUDA graph may hold its address.
     scratch: Mutex<HashMap<(&'static str, usize), Buffer>>,
@@ -108,19 +104,26 @@ fn dims<const N: usize>(t: &Tensor, what: &str) -> Result<[usize; N]> {
     })
 }
 
-impl CudaKernels {
-    pub fn new(gpu: Arc<Gpu>, functions: Functions, gemm: Gemm) -> Self {
+impl<R: Runtime> CudaKernels<R> {
+    pub fn new(rt: R) -> Self {
         CudaKernels {
-            gpu,
-            functions,
-            gemm: Mutex::new(gemm),
+            rt,
             scratch: Mutex::new(HashMap::new()),
             rope_tables: Mutex::new(HashMap::new()),
         }
     }
 
+    pub fn runtime(&self) -> &R {
+        &self.rt
+    }
+
     fn launch(&self, name: &str, cfg: Config, args: Args) -> Result<()> {
-        self.functions.launch(&self.gpu, name, cfg, args)
+        self.rt.launch(name, cfg, args)
+    }
+
+    /// The device address of a tensor's first element.
+    fn ptr(&self, t: &Tensor) -> Result<u64> {
+        self.rt.address(&t.buffer, t.offset, t.nbytes())
     }
 
     /// A scratch buffer of at least `bytes` for `purpose`, made once per size.
@@ -132,14 +135,14 @@ impl CudaKernels {
         if let Some(b) = map.get(&(purpose, bytes)) {
             return Ok(b.clone());
         }
-        let b = CudaMemory::alloc(&self.gpu, bytes)?;
+        let b = self.rt.alloc(bytes)?;
         map.insert((purpose, bytes), b.clone());
         Ok(b)
     }
 
     fn scratch_ptr(&self, purpose: &'static str, bytes: usize) -> Result<u64> {
         let b = self.scratch(purpose, bytes)?;
-        crate::memory::address(&b, 0, bytes)
+        self.rt.address(&b, 0, bytes)
     }
 
     fn rope_table(&self, p: &RopeParams) -> Result<Buffer> {
@@ -152,9 +155,9 @@ impl CudaKernels {
             return Ok(b.clone());
         }
         let bytes: Vec<u8> = p.inv_freq().iter().flat_map(|f| f.to_le_bytes()).collect();
-        let b = CudaMemory::alloc(&self.gpu, bytes.len())?;
-        self.gpu
-            .upload(crate::memory::address(&b, 0, bytes.len())?, &bytes)?;
+        let b = self.rt.alloc(bytes.len())?;
+        self.rt
+            .upload(self.rt.address(&b, 0, bytes.len())?, &bytes)?;
         map.insert(key, b.clone());
         Ok(b)
     }
@@ -165,19 +168,19 @@ impl CudaKernels {
         self.launch(
             "to_bf16",
             Config::linear(n, 256)?,
-            Args::new().ptr(ptr(x)?).ptr(dst).int(n)?,
+            Args::new().ptr(self.ptr(x)?).ptr(dst).int(n)?,
         )?;
         Ok(dst)
     }
 }
 
-impl Kernels for CudaKernels {
+impl<R: Runtime> Kernels for CudaKernels<R> {
     fn backend(&self) -> &str {
-        "cuda"
+        self.rt.name()
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        CudaMemory::alloc(&self.gpu, bytes)
+        self.rt.alloc(bytes)
     }
 
     fn native_optional_ops(&self) -> &'static [&'static str] {
@@ -192,9 +195,9 @@ impl Kernels for CudaKernels {
         check_shape(out, &[t, h], "embedding output")?;
         let name = format!("embedding_{}", suffix(table.dtype, "embedding table")?);
         let args = Args::new()
-            .ptr(ptr(table)?)
-            .ptr(ptr(ids)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(table)?)
+            .ptr(self.ptr(ids)?)
+            .ptr(self.ptr(out)?)
             .int(t)?
             .int(h)?
             .int(v)?;
@@ -214,7 +217,7 @@ impl Kernels for CudaKernels {
         check(out, DType::F32, "linear output")?;
         check_shape(out, &[t, n], "linear output")?;
         let wsfx = suffix(w.dtype, "linear weight")?;
-        let (wp, xp, op) = (ptr(w)?, ptr(x)?, ptr(out)?);
+        let (wp, xp, op) = (self.ptr(w)?, self.ptr(x)?, self.ptr(out)?);
         if t == 0 || n == 0 {
             return Ok(());
         }
@@ -233,16 +236,12 @@ impl Kernels for CudaKernels {
             } else {
                 xp
             };
-            let mut gemm = self
-                .gemm
-                .lock()
-                .map_err(|_| Error::invalid("cuBLASLt lock poisoned"))?;
-            gemm.matmul(w.dtype, (t, n, k), wp, xin, op)?;
+            self.rt.matmul(w.dtype, (t, n, k), wp, xin, op)?;
         }
         if let Some(b) = bias {
             check_shape(b, &[n], "linear bias")?;
             let name = format!("add_bias_{}", suffix(b.dtype, "linear bias")?);
-            let args = Args::new().ptr(op).ptr(ptr(b)?).int(t)?.int(n)?;
+            let args = Args::new().ptr(op).ptr(self.ptr(b)?).int(t)?.int(n)?;
             self.launch(&name, Config::linear(t * n, 256)?, args)?;
         }
         Ok(())
@@ -256,9 +255,9 @@ impl Kernels for CudaKernels {
         check_shape(out, &[t, h], "rms_norm output")?;
         let name = format!("rms_norm_{}", suffix(w.dtype, "rms_norm weight")?);
         let args = Args::new()
-            .ptr(ptr(x)?)
-            .ptr(ptr(w)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr(w)?)
+            .ptr(self.ptr(out)?)
             .int(t)?
             .int(h)?
             .f32(eps);
@@ -287,11 +286,11 @@ impl Kernels for CudaKernels {
         check_shape(w, &[h], "add_rms_norm weight")?;
         let name = format!("add_rms_norm_{}", suffix(w.dtype, "rms_norm weight")?);
         let args = Args::new()
-            .ptr(ptr(x)?)
-            .ptr(ptr(residual)?)
-            .ptr(ptr(w)?)
-            .ptr(ptr(out)?)
-            .ptr(ptr(residual_out)?)
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr(residual)?)
+            .ptr(self.ptr(w)?)
+            .ptr(self.ptr(out)?)
+            .ptr(self.ptr(residual_out)?)
             .int(t)?
             .int(h)?
             .f32(eps);
@@ -313,10 +312,10 @@ impl Kernels for CudaKernels {
         }
         let table = self.rope_table(p)?;
         let args = Args::new()
-            .ptr(ptr(x)?)
-            .ptr(ptr(positions)?)
-            .ptr(crate::memory::address(&table, 0, d / 2 * 4)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr(positions)?)
+            .ptr(self.rt.address(&table, 0, d / 2 * 4)?)
+            .ptr(self.ptr(out)?)
             .int(t)?
             .int(heads)?
             .int(d)?
@@ -347,9 +346,9 @@ impl Kernels for CudaKernels {
         check_shape(slots, &[t], "slots")?;
         let name = format!("kv_write_{}", suffix(cache.dtype, "KV cache")?);
         let args = Args::new()
-            .ptr(ptr(cache)?)
-            .ptr(ptr(new)?)
-            .ptr(ptr(slots)?)
+            .ptr(self.ptr(cache)?)
+            .ptr(self.ptr(new)?)
+            .ptr(self.ptr(slots)?)
             .int(t)?
             .int(nkv)?
             .int(bs)?
@@ -401,7 +400,7 @@ impl Kernels for CudaKernels {
         // in registers, 16 at a time.
         if d % 2 != 0 || (t > s && (d % 16 != 0 || d > 256)) {
             return Err(Error::Unsupported {
-                backend: "cuda".into(),
+                backend: self.rt.name().into(),
                 what: format!("attention with head_dim {d} (multiples of 16 up to 256 are)"),
             });
         }
@@ -410,11 +409,16 @@ impl Kernels for CudaKernels {
                 return Err(Error::invalid(format!("softcap must be positive, got {c}")));
             }
         }
-        let (qp, kp, vp, op) = (ptr(q)?, ptr(k_cache)?, ptr(v_cache)?, ptr(out)?);
+        let (qp, kp, vp, op) = (
+            self.ptr(q)?,
+            self.ptr(k_cache)?,
+            self.ptr(v_cache)?,
+            self.ptr(out)?,
+        );
         let (qsl, lens, tables) = (
-            ptr(batch.query_start_loc)?,
-            ptr(batch.seq_lens)?,
-            ptr(batch.block_tables)?,
+            self.ptr(batch.query_start_loc)?,
+            self.ptr(batch.seq_lens)?,
+            self.ptr(batch.block_tables)?,
         );
         let window = p.sliding_window.unwrap_or(0);
         let softcap = p.softcap.unwrap_or(0.0);
@@ -445,7 +449,7 @@ impl Kernels for CudaKernels {
                 Args::new().ptr(qsl).int(s)?.ptr(tiles).int(max_tiles)?,
             )?;
             // Rows outside every tile (padding) stay zero.
-            self.gpu.memset_zero(op, out.nbytes())?;
+            self.rt.memset_zero(op, out.nbytes())?;
             let shared = (TILE_ROWS * d + TILE_KEYS * d + TILE_ROWS * TILE_KEYS) * 4;
             let args = Args::new()
                 .ptr(qp)
@@ -465,7 +469,7 @@ impl Kernels for CudaKernels {
         // One query row per sequence (decode): split long contexts.
         if group > MAX_GQA_GROUP {
             return Err(Error::Unsupported {
-                backend: "cuda".into(),
+                backend: self.rt.name().into(),
                 what: format!("{group} query heads per KV head (at most {MAX_GQA_GROUP})"),
             });
         }
@@ -522,9 +526,9 @@ impl Kernels for CudaKernels {
         check(query_start_loc, DType::I32, "query_start_loc")?;
         check_shape(out, &[s, h], "gather_last output")?;
         let args = Args::new()
-            .ptr(ptr(x)?)
-            .ptr(ptr(query_start_loc)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr(query_start_loc)?)
+            .ptr(self.ptr(out)?)
             .int(s)?
             .int(h)?;
         self.launch("gather_last", Config::new((s, 1, 1), 256, 0)?, args)
@@ -536,8 +540,8 @@ impl Kernels for CudaKernels {
         check(out, DType::I32, "argmax output")?;
         check_shape(out, &[s], "argmax output")?;
         let args = Args::new()
-            .ptr(ptr(logits)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(logits)?)
+            .ptr(self.ptr(out)?)
             .int(s)?
             .int(v)?;
         self.launch("argmax", Config::new((s, 1, 1), 512, 0)?, args)
@@ -559,17 +563,17 @@ impl Kernels for CudaKernels {
         check_shape(noise, &[s, v], "noise")?;
         check_shape(out, &[s], "sample output")?;
         let args = Args::new()
-            .ptr(ptr(logits)?)
-            .ptr(ptr(temperature)?)
-            .ptr(ptr(noise)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(logits)?)
+            .ptr(self.ptr(temperature)?)
+            .ptr(self.ptr(noise)?)
+            .ptr(self.ptr(out)?)
             .int(s)?
             .int(v)?;
         self.launch("sample", Config::new((s, 1, 1), 512, 0)?, args)
     }
 }
 
-impl CudaKernels {
+impl<R: Runtime> CudaKernels<R> {
     /// `silu_mul` and `add`: f32 in, f32 out, same shapes.
     fn elementwise(&self, name: &str, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<()> {
         for (t, what) in [(a, "first input"), (b, "second input"), (out, "output")] {
@@ -578,9 +582,9 @@ impl CudaKernels {
         }
         let count = a.numel();
         let args = Args::new()
-            .ptr(ptr(a)?)
-            .ptr(ptr(b)?)
-            .ptr(ptr(out)?)
+            .ptr(self.ptr(a)?)
+            .ptr(self.ptr(b)?)
+            .ptr(self.ptr(out)?)
             .int(count)?;
         self.launch(name, Config::linear(count, 256)?, args)
     }

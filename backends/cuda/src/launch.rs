@@ -41,6 +41,20 @@ impl Args {
             .map_err(|_| Error::invalid(format!("{v} does not fit a kernel's int")))?;
         Ok(self.i32(v))
     }
+    /// The parameter kinds, in order (`p`, `i`, `f`).
+    pub fn kinds(&self) -> &str {
+        &self.kinds
+    }
+
+    /// One pointer per argument, at its value: what `cuLaunchKernel` takes
+    /// as `kernelParams`. Valid while `self` is neither moved nor changed.
+    pub fn params(&mut self) -> Vec<*mut c_void> {
+        self.values
+            .iter_mut()
+            .map(|s| s.as_mut_ptr() as *mut c_void)
+            .collect()
+    }
+
     pub fn f32(mut self, v: f32) -> Self {
         let mut s = [0u8; 8];
         s[..4].copy_from_slice(&v.to_le_bytes());
@@ -209,11 +223,8 @@ impl Functions {
         if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
             return Ok(()); // nothing to do
         }
-        let mut storage = args.values;
-        let mut params: Vec<*mut c_void> = storage
-            .iter_mut()
-            .map(|s| s.as_mut_ptr() as *mut c_void)
-            .collect();
+        let mut args = args;
+        let mut params = args.params();
         gpu.bind()?;
         // SAFETY: `params` points at one value per kernel parameter, in the
         // ABI's order (kernels/cuda/*.cu); the pointers they carry were

@@ -10,9 +10,10 @@ mod gemm;
 mod gpu;
 mod graphs;
 pub mod kernels;
-mod launch;
+pub mod launch;
 pub use launch::ptx_signatures;
 mod memory;
+pub mod runtime;
 
 use cudarc::driver::{result, sys};
 use std::sync::Arc;
@@ -100,7 +101,11 @@ fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
     let ptx = compiler::ptx_for(&arch)?;
     let functions = launch::Functions::load(&gpu, &ptx, &kernels::kernel_names())?;
     let gemm = gemm::Gemm::new(&gpu)?;
-    let kernels = Arc::new(kernels::CudaKernels::new(gpu.clone(), functions, gemm));
+    let kernels = Arc::new(kernels::CudaKernels::new(runtime::CudaRuntime::new(
+        gpu.clone(),
+        functions,
+        gemm,
+    )));
     tracing::info!(
         "cuda:{} is {} ({arch}, {:.1} GB)",
         gpu.ordinal,
