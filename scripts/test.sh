@@ -10,6 +10,11 @@ scripts/fetch-default-model.sh >/dev/null
 scripts/install-test-deps.sh >/dev/null
 scripts/fetch-pjrt-plugin.sh >/dev/null
 scripts/fetch-cuda-tools.sh >/dev/null
+# The cuda kernels also run on the CPU under an emulation built with g++.
+if ! command -v g++ >/dev/null; then
+  sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq g++ >/dev/null
+fi
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -24,7 +24,7 @@
 #define ATT_MAX_G 16    // max query heads per KV head
 #define ATT_MAX_D 256   // max head dim for the prefill register accumulator
 
-extern __shared__ __attribute__((aligned(16))) float smem[];
+TSR_EXTERN_SHARED __attribute__((aligned(16))) float smem[];
 
 // Largest s in [0, S) with qsl[s] <= t, or -1 when t is a padding row.
 TSR_INLINE int att_find_seq(const int* __restrict__ qsl, int S, int t) {

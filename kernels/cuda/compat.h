@@ -13,6 +13,13 @@
 //     precise libm functions (expf, tanhf, sinf, cosf), no fast intrinsics.
 #pragma once
 
+// The dynamic shared array's qualifiers (kernels declare
+// `TSR_EXTERN_SHARED __attribute__((aligned(16))) float smem[];`). The CPU
+// emulator (kernels/cuda/emulate, -DTSR_EMULATE) defines it as plain extern.
+#ifndef TSR_EXTERN_SHARED
+#define TSR_EXTERN_SHARED extern __shared__
+#endif
+
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC_RTC__) || defined(__HIP__)
 #define TSR_HIP 1
 #if defined(__AMDGCN_WAVEFRONT_SIZE)

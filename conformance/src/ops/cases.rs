@@ -373,6 +373,24 @@ const BATCHES: &[BatchKind] = &[
         softcap: None,
         pad_rows: 2,
     },
+    // Contexts longer than a kernel's split of the keys (GPU decode kernels
+    // cut contexts into partitions), one with a window across the cuts.
+    BatchKind {
+        name: "long decode",
+        seqs: &[(1100, 1), (300, 1), (5, 1)],
+        causal: true,
+        window: None,
+        softcap: None,
+        pad_rows: 0,
+    },
+    BatchKind {
+        name: "long window",
+        seqs: &[(900, 1), (2, 1)],
+        causal: true,
+        window: Some(300),
+        softcap: None,
+        pad_rows: 0,
+    },
     BatchKind {
         name: "noncausal",
         seqs: &[(19, 19), (5, 5)],
