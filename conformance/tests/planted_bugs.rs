@@ -192,6 +192,7 @@ fn ops_report(dev: &Arc<dyn Device>, path: Path) -> Report {
         layers: vec![Layer::Ops],
         op: None,
         path,
+        peer: None,
     };
     run_on("planted", dev, &opts).expect("suite runs")
 }
