@@ -85,8 +85,15 @@ impl Captured {
         // SAFETY: capture was begun above on this stream.
         let ended = unsafe { result::stream::end_capture(stream) };
         self.gpu.set_capturing(false);
-        let outputs = ran?;
         let graph = ended.map_err(|e| fail("cuStreamEndCapture", e))?;
+        let outputs = match ran {
+            Ok(o) => o,
+            Err(e) => {
+                // SAFETY: captured above, used by nothing else.
+                let _ = unsafe { result::graph::destroy(graph) };
+                return Err(e);
+            }
+        };
         // SAFETY: a graph just captured; destroyed right after instantiation.
         let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) };
         // SAFETY: as above.

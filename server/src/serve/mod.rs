@@ -73,11 +73,17 @@ fn precompile(engine: &mut tessera_core::engine::Engine, block_size: usize) -> a
         .div_ceil(block_size.max(1));
     let shapes = engine.runner.decode_buckets(seqs, blocks);
     let started = std::time::Instant::now();
+    // A device that captures graphs (cuda) also records each bucket's graph.
+    let what = if engine.runner.model.device.capabilities().graph_capture {
+        "compiling and capturing"
+    } else {
+        "compiling"
+    };
     engine.runner.precompile(&shapes, |done, total, shape, secs| {
         let width = 24;
         let filled = width * done / total.max(1);
         eprint!(
-            "\rtessera: compiling step buckets [{}{}] {done}/{total} ({} seqs x {} blocks: {secs:.1}s)   ",
+            "\rtessera: {what} step buckets [{}{}] {done}/{total} ({} seqs x {} blocks: {secs:.1}s)   ",
             "#".repeat(filled),
             ".".repeat(width - filled),
             shape.num_seqs,
