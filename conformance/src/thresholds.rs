@@ -13,7 +13,7 @@
 use tessera_core::DType;
 
 /// (op, dtype, NMSE limit). The dtype is that of the weights for embedding and
-/// linear, of the KV cache for kv_write and paged_attention, else of the
+/// linear and the LoRA stacks, of the KV cache for kv_write and paged_attention, else of the
 /// activations.
 pub const THRESHOLDS: &[(&str, DType, f64)] = &[
     ("embedding", DType::F32, 1e-12),
@@ -22,6 +22,12 @@ pub const THRESHOLDS: &[(&str, DType, f64)] = &[
     ("linear", DType::F32, 1e-6),
     ("linear", DType::BF16, 1e-4),
     ("linear", DType::F16, 1e-4),
+    ("lora_shrink", DType::F32, 1e-6),
+    ("lora_shrink", DType::BF16, 1e-4),
+    ("lora_shrink", DType::F16, 1e-4),
+    ("lora_expand", DType::F32, 1e-6),
+    ("lora_expand", DType::BF16, 1e-4),
+    ("lora_expand", DType::F16, 1e-4),
     ("rms_norm", DType::F32, 1e-7),
     ("rms_norm", DType::BF16, 1e-4),
     ("rms_norm", DType::F16, 1e-5),

@@ -7,6 +7,7 @@ mod attention;
 mod attention_simd;
 mod device;
 mod features;
+mod lora;
 mod matmul;
 mod norm;
 mod ops;

@@ -42,7 +42,7 @@ impl Kernels for CpuKernels {
     }
 
     fn native_optional_ops(&self) -> &'static [&'static str] {
-        &["add_rms_norm", "sample"]
+        &["add_rms_norm", "sample", "lora_shrink", "lora_expand"]
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
@@ -87,6 +87,65 @@ impl Kernels for CpuKernels {
             None => None,
         };
         matmul(read::<f32>(x)?, m, k, rows, n, bias, write::<f32>(out)?);
+        Ok(())
+    }
+
+    fn lora_shrink(&self, x: &Tensor, a: &Tensor, idx: &Tensor, out: &Tensor) -> Result<()> {
+        let (t, k) = (x.dim(0), x.dim(1));
+        let (slots, r) = (a.dim(0), a.dim(1));
+        expect(
+            x.shape.len() == 2
+                && a.shape.len() == 3
+                && a.dim(2) == k
+                && idx.shape == [t]
+                && out.shape == [t, r],
+            || {
+                format!(
+                    "lora_shrink: x {:?}, a {:?}, idx {:?}, out {:?}",
+                    x.shape, a.shape, idx.shape, out.shape
+                )
+            },
+        )?;
+        let stack = match read_floats(a)? {
+            Floats::F32(v) => WeightRows::F32(v),
+            Floats::BF16(v) => WeightRows::BF16(v),
+        };
+        let out = write::<f32>(out)?;
+        crate::lora::apply(read(x)?, k, stack, [slots, r], read(idx)?, out, false);
+        Ok(())
+    }
+
+    fn lora_expand(
+        &self,
+        y: &Tensor,
+        u: &Tensor,
+        b: &Tensor,
+        idx: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
+        let (t, n) = (y.dim(0), y.dim(1));
+        let (slots, r) = (b.dim(0), b.dim(2));
+        expect(
+            y.shape.len() == 2
+                && b.shape.len() == 3
+                && b.dim(1) == n
+                && u.shape == [t, r]
+                && idx.shape == [t]
+                && out.shape == [t, n],
+            || {
+                format!(
+                    "lora_expand: y {:?}, u {:?}, b {:?}, idx {:?}, out {:?}",
+                    y.shape, u.shape, b.shape, idx.shape, out.shape
+                )
+            },
+        )?;
+        let stack = match read_floats(b)? {
+            Floats::F32(v) => WeightRows::F32(v),
+            Floats::BF16(v) => WeightRows::BF16(v),
+        };
+        let dst = write::<f32>(out)?;
+        dst.copy_from_slice(read::<f32>(y)?);
+        crate::lora::apply(read(u)?, r, stack, [slots, n], read(idx)?, dst, true);
         Ok(())
     }
 

@@ -235,7 +235,54 @@ fn lower_node(
         }
         Op::KvWrite => vec![kv_write(c, iv, i)?],
         Op::PagedAttention(p) => vec![attention(c, iv, i, p)?],
+        Op::LoraShrink => vec![lora(c, &iv[..3], &i[..3], None)],
+        Op::LoraExpand => vec![lora(c, &iv[1..4], &i[1..4], Some(&i[0]))],
     })
+}
+
+/// One half of a LoRA delta: each token's slot of the stacked adapter
+/// matrices (`[L, rows, cols]`) is gathered and dotted with the token's
+/// vector (`[T, cols]`), giving `[T, rows]`; tokens whose slot is negative
+/// or past `L` get zeros. With `base` (expand), the result is added to it.
+fn lora(c: &mut Ctx, iv: &[ValueId], i: &[String], base: Option<&str>) -> String {
+    let (f32, i32) = (DType::F32, DType::I32);
+    let (vs, ss) = (c.shape(iv[0]), c.shape(iv[1]));
+    let (t, l, rows, cols) = (vs[0], ss[0], ss[1], ss[2]);
+    let stack = c.b.convert(&i[1], c.dtype(iv[1]), f32, &ss);
+    let it = ty(i32, &[t]);
+    let zero = c.b.splat(0.0, i32, &[t]);
+    let last = c.b.splat(l.saturating_sub(1) as f64, i32, &[t]);
+    let above = c.b.binary("maximum", &i[2], &zero, &it);
+    let slot = c.b.binary("minimum", &above, &last, &it);
+    let ids = c.b.reshape(&slot, i32, &[t], &[t, 1]);
+    let picked = c.b.op(format!(
+        "\"stablehlo.gather\"({stack}, {ids}) {{dimension_numbers = #stablehlo.gather<offset_dims = [1, 2], collapsed_slice_dims = [0], start_index_map = [0], index_vector_dim = 1>, slice_sizes = array<i64: 1, {rows}, {cols}>, indices_are_sorted = false}} : ({}, {}) -> {}",
+        ty(f32, &ss),
+        ty(i32, &[t, 1]),
+        ty(f32, &[t, rows, cols])
+    ));
+    let delta = c.b.op(format!(
+        "stablehlo.dot_general {}, {picked}, batching_dims = [0] x [0], contracting_dims = [1] x [2] : ({}, {}) -> {}",
+        i[0],
+        ty(f32, &vs),
+        ty(f32, &[t, rows, cols]),
+        ty(f32, &[t, rows])
+    ));
+    // 1 where the slot is real, else 0, spread over each token's row.
+    let count = c.b.splat(l as f64, i32, &[t]);
+    let nonneg = c.b.compare("GE", &i[2], &zero, i32, &[t]);
+    let below = c.b.compare("LT", &i[2], &count, i32, &[t]);
+    let valid =
+        c.b.binary("and", &nonneg, &below, &crate::mlir::ty_i1(&[t]));
+    let (one, none) = (c.b.splat(1.0, f32, &[t]), c.b.splat(0.0, f32, &[t]));
+    let keep = c.b.select(&valid, &one, &none, f32, &[t]);
+    let keep = c.b.broadcast(&keep, f32, &[t], &[t, rows], &[0]);
+    let out_t = ty(f32, &[t, rows]);
+    let masked = c.b.binary("multiply", &delta, &keep, &out_t);
+    match base {
+        None => masked,
+        Some(y) => c.b.binary("add", y, &masked, &out_t),
+    }
 }
 
 fn rms_norm(c: &mut Ctx, x: &str, w: &str, eps: f32, s: &[usize]) -> String {

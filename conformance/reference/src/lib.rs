@@ -16,6 +16,7 @@ mod device;
 mod embedding;
 mod kv_cache;
 mod linear;
+mod lora;
 mod memory;
 mod norm;
 mod ops;

@@ -7,7 +7,7 @@ use crate::attention::{self, Batch};
 use crate::kv_cache::{self, Geometry};
 use crate::linear::{self, Weights};
 use crate::tensors::{dims, ensure, load, load_ids, store, store_ids, with_bytes, with_bytes_mut};
-use crate::{activation, embedding, memory, norm, rope, select, BACKEND_NAME};
+use crate::{activation, embedding, lora, memory, norm, rope, select, BACKEND_NAME};
 use tessera_core::hal::{AttentionBatch, AttentionParams, Buffer, Kernels, RopeParams, Tensor};
 use tessera_core::Result;
 
@@ -44,7 +44,7 @@ impl Kernels for RefKernels {
     }
 
     fn native_optional_ops(&self) -> &'static [&'static str] {
-        &["add_rms_norm", "sample"]
+        &["add_rms_norm", "sample", "lora_shrink", "lora_expand"]
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
@@ -242,6 +242,47 @@ impl Kernels for RefKernels {
         shape_is(out, &[rows], "sample: out")?;
         let tokens = select::sample(&load(logits)?, &load(temperature)?, &load(noise)?, vocab);
         store_ids(out, &tokens)
+    }
+
+    fn lora_shrink(&self, x: &Tensor, a: &Tensor, idx: &Tensor, out: &Tensor) -> Result<()> {
+        let [tokens, k] = dims(x, "lora_shrink: x")?;
+        let stack @ [_, r, ak] = dims(a, "lora_shrink: a")?;
+        ensure(ak == k, || {
+            format!(
+                "lora_shrink: x {:?} does not match a {:?}",
+                x.shape, a.shape
+            )
+        })?;
+        shape_is(idx, &[tokens], "lora_shrink: idx")?;
+        shape_is(out, &[tokens, r], "lora_shrink: out")?;
+        float(a, "lora_shrink: a")?;
+        let u = lora::apply(&load(x)?, &load(a)?, &load_ids(idx)?, stack);
+        store(out, &u)
+    }
+
+    fn lora_expand(
+        &self,
+        y: &Tensor,
+        u: &Tensor,
+        b: &Tensor,
+        idx: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
+        let [tokens, n] = dims(y, "lora_expand: y")?;
+        let stack @ [_, bn, r] = dims(b, "lora_expand: b")?;
+        ensure(bn == n, || {
+            format!(
+                "lora_expand: y {:?} does not match b {:?}",
+                y.shape, b.shape
+            )
+        })?;
+        shape_is(u, &[tokens, r], "lora_expand: u")?;
+        shape_is(idx, &[tokens], "lora_expand: idx")?;
+        shape_is(out, &[tokens, n], "lora_expand: out")?;
+        float(b, "lora_expand: b")?;
+        let delta = lora::apply(&load(u)?, &load(b)?, &load_ids(idx)?, stack);
+        let sum: Vec<f64> = load(y)?.iter().zip(&delta).map(|(a, d)| a + d).collect();
+        store(out, &sum)
     }
 }
 

@@ -45,10 +45,12 @@ pub const OPS: &[&str] = &[
     "gather_last",
     "argmax",
     "sample",
+    "lora_shrink",
+    "lora_expand",
 ];
 
 /// Ops a backend may leave out (the engine composes or avoids them).
-pub const OPTIONAL_OPS: &[&str] = &["add_rms_norm", "sample"];
+pub const OPTIONAL_OPS: &[&str] = &["add_rms_norm", "sample", "lora_shrink", "lora_expand"];
 
 /// Deterministic uniform numbers; each case seeds its own stream so that
 /// adding a case never changes the inputs of another.
@@ -100,6 +102,7 @@ pub fn all(caps: &Capabilities) -> Result<Vec<OpCase>> {
     for &w in &caps.weight_dtypes {
         embedding(&mut cases, w, act)?;
         linear(&mut cases, w, act)?;
+        lora(&mut cases, w, act)?;
     }
     norms(&mut cases, act)?;
     rope(&mut cases, act)?;
@@ -163,6 +166,50 @@ fn linear(cases: &mut Vec<OpCase>, w: DType, act: DType) -> Result<()> {
             dtype: w,
             group: format!("T={t} K={k} N={n}{}", if bias { " bias" } else { "" }),
             inputs,
+            outputs: vec![out(act, vec![t, n])],
+        });
+    }
+    Ok(())
+}
+
+/// Both LoRA halves over a batch that mixes adapter slots, tokens without
+/// one (-1) and, for the last shape, a slot index past the stack.
+fn lora(cases: &mut Vec<OpCase>, w: DType, act: DType) -> Result<()> {
+    // (tokens, slots, rank, in, out)
+    let shapes = [
+        (1usize, 1usize, 8usize, 64usize, 80usize),
+        (7, 3, 16, 96, 64),
+        (33, 4, 8, 83, 130),
+    ];
+    for (i, &(t, l, r, k, n)) in shapes.iter().enumerate() {
+        let mut rng = Rng::new(seed("lora", i));
+        let mut idx: Vec<i32> = (0..t).map(|j| (j % (l + 1)) as i32 - 1).collect();
+        rng.shuffle(&mut idx);
+        if i == 2 {
+            idx[5] = l as i32; // not a slot: treated as no adapter
+        }
+        let group = format!("T={t} slots={l} R={r} K={k} N={n}");
+        cases.push(OpCase {
+            op: Op::LoraShrink,
+            dtype: w,
+            group: group.clone(),
+            inputs: vec![
+                floats(&mut rng, vec![t, k], 1.0, act)?,
+                floats(&mut rng, vec![l, r, k], 1.0 / (k as f32).sqrt(), w)?,
+                ids(vec![t], idx.clone()),
+            ],
+            outputs: vec![out(act, vec![t, r])],
+        });
+        cases.push(OpCase {
+            op: Op::LoraExpand,
+            dtype: w,
+            group,
+            inputs: vec![
+                floats(&mut rng, vec![t, n], 1.0, act)?,
+                floats(&mut rng, vec![t, r], 1.0, act)?,
+                floats(&mut rng, vec![l, n, r], 1.0 / (r as f32).sqrt(), w)?,
+                ids(vec![t], idx),
+            ],
             outputs: vec![out(act, vec![t, n])],
         });
     }

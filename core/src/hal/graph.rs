@@ -19,6 +19,12 @@
 //! - `argmax(logits [S,V]) -> [S] i32`; `sample(logits, temperature [S], noise [S,V]) -> [S]`:
 //!   argmax(logits / t + noise), plain argmax where t == 0. The caller supplies the
 //!   Gumbel noise so that every backend draws the same token.
+//! - LoRA, one adapter slot per token (`idx [T] i32`, negative: no adapter), with
+//!   `L` slots of rank `R` stacked (a smaller rank is zero-padded):
+//!   `lora_shrink(x [T,K], a [L,R,K], idx) -> [T,R]`: `a[idx[t]] · x[t]`, zeros where
+//!   `idx[t] < 0`; `lora_expand(y [T,N], u [T,R], b [L,N,R], idx) -> [T,N]`:
+//!   `y[t] + b[idx[t]] · u[t]`, `y[t]` where `idx[t] < 0` (the adapter's scaling is
+//!   folded into `b`). A slot index at or past `L` is a caller bug: zeros / `y`.
 
 use crate::{DType, Error, Result};
 
@@ -146,6 +152,8 @@ pub enum Op {
     GatherLast,
     Argmax,
     Sample,
+    LoraShrink,
+    LoraExpand,
 }
 
 impl Op {
@@ -163,6 +171,8 @@ impl Op {
             Op::GatherLast => "gather_last",
             Op::Argmax => "argmax",
             Op::Sample => "sample",
+            Op::LoraShrink => "lora_shrink",
+            Op::LoraExpand => "lora_expand",
         }
     }
 }
@@ -454,6 +464,48 @@ impl Graph {
             vec![logits, temperature, noise],
             TensorType::new(DType::I32, vec![ls[0]]),
         )
+    }
+
+    /// `a[idx[t]] · x[t]` per token: the first half of a LoRA delta.
+    pub fn lora_shrink(&mut self, x: ValueId, a: ValueId, idx: ValueId) -> ValueId {
+        let (xs, as_, is) = (
+            self.shape(x).to_vec(),
+            self.shape(a).to_vec(),
+            self.shape(idx).to_vec(),
+        );
+        self.check(
+            xs.len() == 2 && as_.len() == 3 && as_[2] == xs[1] && is == [xs[0]],
+            || format!("lora_shrink: x {xs:?}, a {as_:?}, idx {is:?}"),
+        );
+        let dtype = self.ty(x).dtype;
+        let r = as_.get(1).copied().unwrap_or(0);
+        self.node1(
+            Op::LoraShrink,
+            vec![x, a, idx],
+            TensorType::new(dtype, vec![xs[0], r]),
+        )
+    }
+
+    /// `y[t] + b[idx[t]] · u[t]` per token: the second half of a LoRA delta.
+    pub fn lora_expand(&mut self, y: ValueId, u: ValueId, b: ValueId, idx: ValueId) -> ValueId {
+        let (ys, us, bs, is) = (
+            self.shape(y).to_vec(),
+            self.shape(u).to_vec(),
+            self.shape(b).to_vec(),
+            self.shape(idx).to_vec(),
+        );
+        self.check(
+            ys.len() == 2
+                && us.len() == 2
+                && bs.len() == 3
+                && us[0] == ys[0]
+                && bs[1] == ys[1]
+                && bs[2] == us[1]
+                && is == [ys[0]],
+            || format!("lora_expand: y {ys:?}, u {us:?}, b {bs:?}, idx {is:?}"),
+        );
+        let ty = self.ty(y).clone();
+        self.node1(Op::LoraExpand, vec![y, u, b, idx], ty)
     }
 
     /// Checks the graph and returns it, or the first shape error.

@@ -207,6 +207,8 @@ pub fn dispatch(k: &dyn Kernels, op: &Op, i: &[Tensor], o: &[Tensor]) -> Result<
         Op::GatherLast => k.gather_last(&i[0], &i[1], &o[0]),
         Op::Argmax => k.argmax(&i[0], &o[0]),
         Op::Sample => k.sample(&i[0], &i[1], &i[2], &o[0]),
+        Op::LoraShrink => k.lora_shrink(&i[0], &i[1], &i[2], &o[0]),
+        Op::LoraExpand => k.lora_expand(&i[0], &i[1], &i[2], &i[3], &o[0]),
     }
 }
 
@@ -219,6 +221,8 @@ fn op_arity(op: &Op) -> (usize, usize, usize) {
         Op::KvWrite => (3, 3, 1),
         Op::PagedAttention(_) => (6, 6, 1),
         Op::Sample => (3, 3, 1),
+        Op::LoraShrink => (3, 3, 1),
+        Op::LoraExpand => (4, 4, 1),
         Op::Argmax => (1, 1, 1),
         _ => (2, 2, 1),
     }

@@ -75,4 +75,29 @@ pub trait Kernels: Send + Sync {
             what: "op sample".into(),
         })
     }
+
+    /// `out[t] = a[idx[t]] · x[t]` (`x [T,K]`, `a [L,R,K]`, `out [T,R]`), zeros
+    /// where `idx[t]` is negative or not a slot.
+    fn lora_shrink(&self, _x: &Tensor, _a: &Tensor, _idx: &Tensor, _out: &Tensor) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.backend().into(),
+            what: "op lora_shrink".into(),
+        })
+    }
+
+    /// `out[t] = y[t] + b[idx[t]] · u[t]` (`y, out [T,N]`, `u [T,R]`,
+    /// `b [L,N,R]`), `y[t]` where `idx[t]` is negative or not a slot.
+    fn lora_expand(
+        &self,
+        _y: &Tensor,
+        _u: &Tensor,
+        _b: &Tensor,
+        _idx: &Tensor,
+        _out: &Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.backend().into(),
+            what: "op lora_expand".into(),
+        })
+    }
 }

@@ -9,6 +9,7 @@ pub mod gguf_tokenizer;
 pub mod gguf_weights;
 pub mod hf;
 pub mod llama;
+pub mod lora;
 pub mod random;
 pub mod tokenizer;
 pub mod weights;
