@@ -32,6 +32,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("select.cu", include_str!("../../../kernels/cuda/select.cu")),
     ("gemv.cu", include_str!("../../../kernels/cuda/gemv.cu")),
+    ("lora.cu", include_str!("../../../kernels/cuda/lora.cu")),
 ];
 
 /// Why NVRTC cannot be used here, if it cannot.

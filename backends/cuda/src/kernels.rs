@@ -23,6 +23,8 @@ const TYPED: &[&str] = &[
     "kv_write",
     "paged_attention_prefill",
     "paged_attention_decode",
+    "lora_shrink",
+    "lora_expand",
 ];
 const UNTYPED: &[&str] = &[
     "rope",
@@ -184,7 +186,7 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
     }
 
     fn native_optional_ops(&self) -> &'static [&'static str] {
-        &["add_rms_norm", "sample"]
+        &["add_rms_norm", "sample", "lora_shrink", "lora_expand"]
     }
 
     fn embedding(&self, table: &Tensor, ids: &Tensor, out: &Tensor) -> Result<()> {
@@ -571,9 +573,92 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
             .int(v)?;
         self.launch("sample", Config::new((s, 1, 1), 512, 0)?, args)
     }
+
+    fn lora_shrink(&self, x: &Tensor, a: &Tensor, idx: &Tensor, out: &Tensor) -> Result<()> {
+        self.lora_shrink_(x, a, idx, out)
+    }
+
+    fn lora_expand(
+        &self,
+        y: &Tensor,
+        u: &Tensor,
+        b: &Tensor,
+        idx: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
+        self.lora_expand_(y, u, b, idx, out)
+    }
 }
 
 impl<R: Runtime> CudaKernels<R> {
+    fn lora_shrink_(&self, x: &Tensor, a: &Tensor, idx: &Tensor, out: &Tensor) -> Result<()> {
+        let [t, k] = dims(x, "lora_shrink input")?;
+        let [l, r, k2] = dims(a, "lora_shrink stack")?;
+        if k2 != k {
+            return Err(Error::invalid(format!(
+                "lora_shrink: input {:?} and stack {:?} disagree",
+                x.shape, a.shape
+            )));
+        }
+        check(x, DType::F32, "lora_shrink input")?;
+        check(out, DType::F32, "lora_shrink output")?;
+        check(idx, DType::I32, "adapter slots")?;
+        check_shape(idx, &[t], "adapter slots")?;
+        check_shape(out, &[t, r], "lora_shrink output")?;
+        let name = format!("lora_shrink_{}", suffix(a.dtype, "LoRA stack")?);
+        let args = Args::new()
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr(a)?)
+            .ptr(self.ptr(idx)?)
+            .ptr(self.ptr(out)?)
+            .int(t)?
+            .int(r)?
+            .int(k)?
+            .int(l)?;
+        self.launch(&name, Config::new((t, 1, 1), 128, 0)?, args)
+    }
+
+    fn lora_expand_(
+        &self,
+        y: &Tensor,
+        u: &Tensor,
+        b: &Tensor,
+        idx: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
+        let [t, n] = dims(y, "lora_expand input")?;
+        let [l, n2, r] = dims(b, "lora_expand stack")?;
+        if n2 != n {
+            return Err(Error::invalid(format!(
+                "lora_expand: input {:?} and stack {:?} disagree",
+                y.shape, b.shape
+            )));
+        }
+        for (tensor, what) in [
+            (y, "lora_expand input"),
+            (u, "lora_expand rank input"),
+            (out, "lora_expand output"),
+        ] {
+            check(tensor, DType::F32, what)?;
+        }
+        check(idx, DType::I32, "adapter slots")?;
+        check_shape(u, &[t, r], "lora_expand rank input")?;
+        check_shape(idx, &[t], "adapter slots")?;
+        check_shape(out, &[t, n], "lora_expand output")?;
+        let name = format!("lora_expand_{}", suffix(b.dtype, "LoRA stack")?);
+        let args = Args::new()
+            .ptr(self.ptr(y)?)
+            .ptr(self.ptr(u)?)
+            .ptr(self.ptr(b)?)
+            .ptr(self.ptr(idx)?)
+            .ptr(self.ptr(out)?)
+            .int(t)?
+            .int(n)?
+            .int(r)?
+            .int(l)?;
+        self.launch(&name, Config::new((t, n.div_ceil(128), 1), 128, 0)?, args)
+    }
+
     /// `silu_mul` and `add`: f32 in, f32 out, same shapes.
     fn elementwise(&self, name: &str, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<()> {
         for (t, what) in [(a, "first input"), (b, "second input"), (out, "output")] {

@@ -157,6 +157,8 @@ fn host_abi() -> HashMap<String, String> {
             ("kv_write", "pppiiiii".into()),
             ("paged_attention_prefill", format!("pppppppp{attention}")),
             ("paged_attention_decode", format!("ppppppppp{attention}ii")),
+            ("lora_shrink", "ppppiiii".into()),
+            ("lora_expand", "pppppiiii".into()),
         ] {
             abi.insert(format!("{k}_{t}"), sig);
         }
