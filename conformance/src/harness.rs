@@ -66,6 +66,7 @@ pub fn prompt_logits(runner: &mut Runner, prompt: &[u32]) -> Result<Vec<f32>> {
         seq_lens: vec![n as u32],
         block_tables: vec![(0..n.div_ceil(bs) as u32).collect()],
         all_logits: true,
+        lora_slots: vec![],
     };
     Ok(runner.step(&batch)?.to_f32_vec())
 }

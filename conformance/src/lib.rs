@@ -17,6 +17,7 @@
 mod golden;
 mod harness;
 pub mod invariants;
+pub mod lora;
 pub mod models;
 pub mod ops;
 mod peer;

@@ -54,10 +54,14 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
     out
 }
 
-/// Everything but the default model: the tiny fixtures and the paging
-/// invariants (what a slow device, such as a kernel emulation, can afford).
+/// Everything but the default model: the tiny fixtures, LoRA against PEFT
+/// (where the device runs the LoRA ops) and the paging invariants (what a
+/// slow device, such as a kernel emulation, can afford).
 pub fn check_tiny(dev: &Arc<dyn Device>) -> Vec<Check> {
     let mut out = vec![];
+    if crate::lora::supported(dev.as_ref()) {
+        out.extend(crate::lora::check(dev, main_dtype(dev.as_ref())));
+    }
     let caps = dev.capabilities();
     let main = main_dtype(dev.as_ref());
     for &dtype in &caps.weight_dtypes {
@@ -235,6 +239,7 @@ fn ragged_batch(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
         seq_lens: vec![a.len() as u32],
         block_tables: vec![table_a.clone()],
         all_logits: false,
+        lora_slots: vec![],
     })?;
     let mut tokens = vec![next_a];
     tokens.extend(&b);
@@ -251,6 +256,7 @@ fn ragged_batch(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
             seq_lens: vec![a_full.len() as u32, b.len() as u32],
             block_tables: vec![table_a, table_b],
             all_logits: false,
+            lora_slots: vec![],
         })?
         .to_f32_vec();
     let err = nmse(alone_a, &together[..vocab]).max(nmse(alone_b, &together[vocab..]));

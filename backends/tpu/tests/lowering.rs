@@ -93,6 +93,7 @@ fn decode_steps_do_not_copy_the_kv_cache() {
                 seq_lens: vec![pos as u32 + 1],
                 block_tables: vec![vec![0]],
                 all_logits: false,
+                lora_slots: vec![],
             })
             .expect("decode step")
             .to_f32_vec();

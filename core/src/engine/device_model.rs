@@ -2,10 +2,11 @@
 
 use crate::hal::{Device, Tensor, WeightMap};
 use crate::model::config::ModelConfig;
-use crate::model::llama::{weight_specs, DTypes};
+use crate::model::llama::{lora_name, lora_specs, weight_specs, DTypes, LoraShape};
+use crate::model::lora::{LoraAdapter, Target};
 use crate::model::weights::names;
 use crate::model::ModelSource;
-use crate::{DType, Error, Result};
+use crate::{DType, Error, HostTensor, Result};
 use std::sync::Arc;
 
 pub struct DeviceModel {
@@ -14,6 +15,8 @@ pub struct DeviceModel {
     pub device: Arc<dyn Device>,
     pub weights: WeightMap,
     pub weight_bytes: usize,
+    /// LoRA slots compiled into every step, once `enable_lora` made them.
+    pub lora: Option<LoraShape>,
 }
 
 impl DeviceModel {
@@ -96,7 +99,115 @@ impl DeviceModel {
             device,
             weights,
             weight_bytes,
+            lora: None,
         })
+    }
+
+    /// Makes `shape.slots` empty adapter slots of rank up to `shape.rank` on
+    /// every projection (zeros: a slot without an adapter changes nothing).
+    /// Steps compiled after this take a per-token slot input.
+    pub fn enable_lora(&mut self, shape: LoraShape) -> Result<()> {
+        if shape.slots == 0 || shape.rank == 0 {
+            return Err(Error::invalid(
+                "LoRA needs at least one slot of rank 1 or more",
+            ));
+        }
+        for (name, dims, dtype) in lora_specs(&self.config, self.dtypes, shape) {
+            let bytes = dims.iter().product::<usize>() * dtype.size();
+            let buf = self.device.alloc(bytes)?;
+            self.device.upload(&buf, 0, &vec![0u8; bytes])?;
+            self.weights.insert(name, Tensor::new(buf, 0, dtype, dims)?);
+        }
+        self.lora = Some(shape);
+        Ok(())
+    }
+
+    /// Writes `adapter` into slot `slot`: each target's `A` (rank rows, the
+    /// rest zero) and `scaling · B` (rank columns, the rest zero); projections
+    /// the adapter does not target are zeroed.
+    pub fn load_lora_slot(&self, slot: usize, adapter: &LoraAdapter) -> Result<()> {
+        let shape = self.lora_slot_check(slot)?;
+        if adapter.rank > shape.rank {
+            return Err(Error::Request(format!(
+                "adapter {} has rank {}, the slots hold rank {} at most (raise --max-lora-rank)",
+                adapter.name, adapter.rank, shape.rank
+            )));
+        }
+        for l in 0..self.config.num_layers {
+            for target in Target::ALL {
+                let (input, output) = target.dims(&self.config);
+                let mut a = vec![0f32; shape.rank * input];
+                let mut b = vec![0f32; output * shape.rank];
+                if let Some(pair) = adapter.layers.get(&(l, target)) {
+                    let (av, bv) = (pair.a.to_f32_vec(), pair.b.to_f32_vec());
+                    let r = adapter.rank;
+                    a[..r * input].copy_from_slice(&av[..r * input]);
+                    for n in 0..output {
+                        for j in 0..r {
+                            b[n * shape.rank + j] = bv[n * r + j] * adapter.scaling;
+                        }
+                    }
+                }
+                self.write_slot(&lora_name(l, target, "a"), slot, a)?;
+                self.write_slot(&lora_name(l, target, "b"), slot, b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties slot `slot` (its adapter no longer applies).
+    pub fn clear_lora_slot(&self, slot: usize) -> Result<()> {
+        self.lora_slot_check(slot)?;
+        for l in 0..self.config.num_layers {
+            for target in Target::ALL {
+                for half in ["a", "b"] {
+                    let name = lora_name(l, target, half);
+                    let per_slot = self.slot_elems(&name)?;
+                    self.write_slot(&name, slot, vec![0f32; per_slot])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lora_slot_check(&self, slot: usize) -> Result<LoraShape> {
+        let shape = self
+            .lora
+            .ok_or_else(|| Error::invalid("LoRA slots were not enabled on this model"))?;
+        if slot >= shape.slots {
+            return Err(Error::invalid(format!(
+                "LoRA slot {slot} of {} slots",
+                shape.slots
+            )));
+        }
+        Ok(shape)
+    }
+
+    fn slot_elems(&self, name: &str) -> Result<usize> {
+        let t = self
+            .weights
+            .get(name)
+            .ok_or_else(|| Error::invalid(format!("no LoRA stack {name}")))?;
+        Ok(t.shape.iter().skip(1).product())
+    }
+
+    /// Uploads one slot's worth of f32 values into stack `name`, in its dtype.
+    fn write_slot(&self, name: &str, slot: usize, values: Vec<f32>) -> Result<()> {
+        let t = self
+            .weights
+            .get(name)
+            .ok_or_else(|| Error::invalid(format!("no LoRA stack {name}")))?;
+        let per_slot: usize = t.shape.iter().skip(1).product();
+        if values.len() != per_slot {
+            return Err(Error::invalid(format!(
+                "{name}: {} values for a slot of {per_slot}",
+                values.len()
+            )));
+        }
+        let host = HostTensor::f32(t.shape[1..].to_vec(), values).to_dtype(t.dtype)?;
+        let bytes = host.as_bytes();
+        self.device
+            .upload(&t.buffer, t.offset + slot * bytes.len(), bytes)
     }
 
     /// Bytes a decode step reads from the weights (the tied head is read twice:

@@ -81,6 +81,7 @@ pub fn generate(
             seq_lens: vec![(done + n) as u32],
             block_tables: vec![table(done + n)],
             all_logits: false,
+            lora_slots: vec![],
         };
         logits = Some(runner.step(&batch)?);
         done += n;
@@ -115,6 +116,7 @@ pub fn generate(
             seq_lens: vec![(len + 1) as u32],
             block_tables: vec![table(len + 1)],
             all_logits: false,
+            lora_slots: vec![],
         };
         logits = runner.step(&batch)?;
         stats.decode_time += t.elapsed();

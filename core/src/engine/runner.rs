@@ -21,6 +21,9 @@ pub struct StepBatch {
     pub block_tables: Vec<Vec<u32>>,
     /// Return logits for every token, not only each sequence's last.
     pub all_logits: bool,
+    /// Each token's LoRA slot (negative: none); empty means none anywhere.
+    /// Used when the model has LoRA slots.
+    pub lora_slots: Vec<i32>,
 }
 
 /// Compiled executables kept per shape.
@@ -96,7 +99,13 @@ impl Runner {
                 .ok_or_else(|| Error::invalid("executable cache"))?;
             self.executables.push_front(entry);
         } else {
-            let graph = build_graph(&self.model.config, shape, self.model.dtypes, self.kv.shape)?;
+            let graph = build_graph(
+                &self.model.config,
+                shape,
+                self.model.dtypes,
+                self.kv.shape,
+                self.model.lora,
+            )?;
             let exe = self.model.device.compile(&graph, &self.model.weights)?;
             tracing::debug!(?shape, "compiled step");
             if self.executables.len() >= MAX_EXECUTABLES {
@@ -117,7 +126,13 @@ impl Runner {
 
     /// Uploads a step's inputs (`tokens, positions, slots, query_start_loc,
     /// seq_lens, block_tables`, padded to `shape`) and runs its executable.
-    fn run_shape(&mut self, shape: StepShape, inputs: [&[i32]; 6]) -> Result<Vec<Tensor>> {
+    /// With LoRA slots, `lora` is each token's slot (padded with -1).
+    fn run_shape(
+        &mut self,
+        shape: StepShape,
+        inputs: [&[i32]; 6],
+        lora: &[i32],
+    ) -> Result<Vec<Tensor>> {
         let (t, s) = (shape.num_tokens, shape.num_seqs);
         let shapes = [
             vec![t],
@@ -127,11 +142,17 @@ impl Runner {
             vec![s],
             vec![s, shape.max_blocks],
         ];
-        let inputs = inputs
+        let mut inputs = inputs
             .into_iter()
             .zip(shapes)
             .map(|(data, dims)| self.upload_i32(data, dims))
             .collect::<Result<Vec<_>>>()?;
+        if self.model.lora.is_some() {
+            let mut slots = vec![-1i32; t];
+            let n = lora.len().min(t);
+            slots[..n].copy_from_slice(&lora[..n]);
+            inputs.push(self.upload_i32(&slots, vec![t])?);
+        }
         let mut state = std::mem::take(&mut self.kv.tensors);
         let result = self
             .executable(shape)
@@ -156,6 +177,7 @@ impl Runner {
                 &zeros[..s],
                 &zeros[..s * shape.max_blocks],
             ],
+            &[],
         )?;
         self.model.device.synchronize()
     }
@@ -206,9 +228,26 @@ impl Runner {
                 tables[i * max_blocks + j] = blk as i32;
             }
         }
+        let lora_slots = self.model.lora.map_or(0, |l| l.slots);
+        if !b.lora_slots.is_empty() && b.lora_slots.len() != t {
+            return Err(Error::invalid(format!(
+                "{} LoRA slots for {t} tokens",
+                b.lora_slots.len()
+            )));
+        }
+        if let Some(&bad) = b
+            .lora_slots
+            .iter()
+            .find(|&&x| x >= 0 && x as usize >= lora_slots)
+        {
+            return Err(Error::invalid(format!(
+                "LoRA slot {bad} of {lora_slots} slots"
+            )));
+        }
         let outputs = self.run_shape(
             shape,
             [&tokens, &positions, &slots, &qsl, &seq_lens, &tables],
+            &b.lora_slots,
         )?;
         let logits = outputs
             .first()

@@ -2,6 +2,7 @@
 //! written once against the graph IR for one step of a ragged batch.
 
 use super::config::ModelConfig;
+use super::lora::Target;
 use super::weights::names;
 use crate::hal::{AttentionParams, Graph, RopeParams, RopeStyle, ValueId};
 use crate::{DType, Result};
@@ -45,6 +46,45 @@ impl KvShape {
     }
 }
 
+/// LoRA adapter slots compiled into the graph: `slots` adapters of rank up
+/// to `rank`, on every projection (an adapter leaves its other targets zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LoraShape {
+    pub slots: usize,
+    pub rank: usize,
+}
+
+/// The stacked LoRA matrices of every layer and projection: `a [slots, rank,
+/// in]` and `b [slots, out, rank]` (the adapter's scaling folded into `b`).
+pub fn lora_specs(
+    cfg: &ModelConfig,
+    dt: DTypes,
+    lora: LoraShape,
+) -> Vec<(String, Vec<usize>, DType)> {
+    let mut v = vec![];
+    for l in 0..cfg.num_layers {
+        for target in Target::ALL {
+            let (input, output) = target.dims(cfg);
+            v.push((
+                lora_name(l, target, "a"),
+                vec![lora.slots, lora.rank, input],
+                dt.weight,
+            ));
+            v.push((
+                lora_name(l, target, "b"),
+                vec![lora.slots, output, lora.rank],
+                dt.weight,
+            ));
+        }
+    }
+    v
+}
+
+/// `lora.{layer}.{module}.{a|b}`: the name a slot stack is bound by.
+pub fn lora_name(layer: usize, target: Target, half: &str) -> String {
+    format!("lora.{layer}.{}.{half}", target.module_name())
+}
+
 /// Every weight the graph binds, with the shape and dtype it must have on the device.
 /// Norm weights stay f32: they are tiny and keep the normalisation exact.
 pub fn weight_specs(cfg: &ModelConfig, dt: DTypes) -> Vec<(String, Vec<usize>, DType)> {
@@ -79,7 +119,15 @@ pub fn weight_specs(cfg: &ModelConfig, dt: DTypes) -> Vec<(String, Vec<usize>, D
 /// `slots [T]`, `query_start_loc [S+1]`, `seq_lens [S]`, `block_tables [S,M]`
 /// (all i32). State: `k_cache.{l}`, `v_cache.{l}` per layer. Output: f32-or-
 /// activation-dtype logits `[S, vocab]` (or `[T, vocab]` with `all_logits`).
-pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape) -> Result<Graph> {
+/// With `lora`, a seventh input `lora_slots [T]` picks each token's adapter
+/// slot (negative: none) and every projection adds its slot's delta.
+pub fn build_graph(
+    cfg: &ModelConfig,
+    shape: StepShape,
+    dt: DTypes,
+    kv: KvShape,
+    lora: Option<LoraShape>,
+) -> Result<Graph> {
     let mut g = Graph::new();
     let (t, s) = (shape.num_tokens, shape.num_seqs);
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -89,8 +137,12 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
     let qsl = g.input("query_start_loc", DType::I32, vec![s + 1]);
     let seq_lens = g.input("seq_lens", DType::I32, vec![s]);
     let block_tables = g.input("block_tables", DType::I32, vec![s, shape.max_blocks]);
+    let lora_slots = lora.map(|_| g.input("lora_slots", DType::I32, vec![t]));
 
-    let specs = weight_specs(cfg, dt);
+    let mut specs = weight_specs(cfg, dt);
+    if let Some(shape) = lora {
+        specs.extend(lora_specs(cfg, dt, shape));
+    }
     let w = |g: &mut Graph, name: &str| -> ValueId {
         let (_, shape, dtype) = specs
             .iter()
@@ -139,9 +191,22 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
         let (wq, bq) = (lw(&mut g, "self_attn.q_proj.weight"), bias(&mut g, "q"));
         let (wk, bk) = (lw(&mut g, "self_attn.k_proj.weight"), bias(&mut g, "k"));
         let (wv, bv) = (lw(&mut g, "self_attn.v_proj.weight"), bias(&mut g, "v"));
-        let q = g.linear(hidden, wq, bq);
-        let k = g.linear(hidden, wk, bk);
-        let v = g.linear(hidden, wv, bv);
+        // A projection, plus its LoRA delta when slots are compiled in.
+        let proj = |g: &mut Graph, x: ValueId, wt: ValueId, b: Option<ValueId>, target: Target| {
+            let y = g.linear(x, wt, b);
+            match lora_slots {
+                None => y,
+                Some(idx) => {
+                    let a = w(g, &lora_name(l, target, "a"));
+                    let bm = w(g, &lora_name(l, target, "b"));
+                    let u = g.lora_shrink(x, a, idx);
+                    g.lora_expand(y, u, bm, idx)
+                }
+            }
+        };
+        let q = proj(&mut g, hidden, wq, bq, Target::Q);
+        let k = proj(&mut g, hidden, wk, bk, Target::K);
+        let v = proj(&mut g, hidden, wv, bv, Target::V);
         let q = g.reshape(q, vec![t, nh, d]);
         let k = g.reshape(k, vec![t, nkv, d]);
         let v = g.reshape(v, vec![t, nkv, d]);
@@ -163,7 +228,7 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
         );
         let a = g.reshape(a, vec![t, nh * d]);
         let wo = lw(&mut g, "self_attn.o_proj.weight");
-        let o = g.linear(a, wo, None);
+        let o = proj(&mut g, a, wo, None, Target::O);
 
         let ln2 = lw(&mut g, "post_attention_layernorm.weight");
         let r = residual.unwrap_or(o);
@@ -174,10 +239,10 @@ pub fn build_graph(cfg: &ModelConfig, shape: StepShape, dt: DTypes, kv: KvShape)
             lw(&mut g, "mlp.up_proj.weight"),
             lw(&mut g, "mlp.down_proj.weight"),
         );
-        let gate = g.linear(hidden, wg, None);
-        let up = g.linear(hidden, wu, None);
+        let gate = proj(&mut g, hidden, wg, None, Target::Gate);
+        let up = proj(&mut g, hidden, wu, None, Target::Up);
         let m = g.silu_mul(gate, up);
-        x = g.linear(m, wd, None);
+        x = proj(&mut g, m, wd, None, Target::Down);
     }
     let norm = w(&mut g, names::FINAL_NORM);
     let hidden = match residual {
