@@ -53,9 +53,6 @@ fn run(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
     ];
     let mut m = DeviceModel::load(dev.clone(), &src, dtype)?;
     m.enable_lora(LoraShape { slots: 2, rank: 8 })?;
-    for (slot, adapter) in adapters.iter().enumerate() {
-        m.load_lora_slot(slot, adapter)?;
-    }
     let bs = block_size(&dev.capabilities(), 16);
     let kv = KvCache::new(
         dev.as_ref(),
@@ -71,6 +68,20 @@ fn run(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
     let limit = model_logits_limit(dtype);
     let mut rows = vec![];
     let prompts = [golden.ids("p0.input_ids")?, golden.ids("p1.input_ids")?];
+    let base = golden.floats("p0.logits.base")?;
+    // Slots are written after steps are compiled, as a server swaps adapters:
+    // an empty slot is the base model, before and after it held an adapter.
+    let empty = step(&mut runner, &[(&prompts[0], 0)], bs)?;
+    rows.push(measured(
+        "empty slot",
+        dtype,
+        &worst_row_nmse(base, &empty, vocab),
+        limit,
+        "p0",
+    ));
+    for (slot, adapter) in adapters.iter().enumerate() {
+        runner.model.load_lora_slot(slot, adapter)?;
+    }
     // Each prompt alone with each slot; then one step with three sequences.
     for (p, prompt) in prompts.iter().enumerate() {
         for (slot, key) in [(-1, "base"), (0, "a"), (1, "b")] {
@@ -135,7 +146,30 @@ fn run(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
         );
         at += n;
     }
+    runner.model.clear_lora_slot(0)?;
+    let cleared = step(&mut runner, &[(&prompts[0], 0)], bs)?;
+    rows.push(measured(
+        "cleared slot",
+        dtype,
+        &worst_row_nmse(base, &cleared, vocab),
+        limit,
+        "p0",
+    ));
     Ok(rows)
+}
+
+fn measured(what: &str, dtype: DType, (row, err): &(usize, f64), limit: f64, note: &str) -> Check {
+    Check::measured(
+        Layer::Models,
+        format!("peft {what}"),
+        dtype.name(),
+        GROUP,
+        *err,
+        limit,
+    )
+    .note(format!(
+        "{note}: worst position {row}, against the base model"
+    ))
 }
 
 /// One prefill step of `seqs` (prompt, LoRA slot), each in blocks of its own;

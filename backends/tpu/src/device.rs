@@ -24,6 +24,9 @@ struct Resident {
 pub struct StagedMemory {
     bytes: Mutex<Vec<u8>>,
     resident: Mutex<Vec<Resident>>,
+    /// Bumped by every host write, so device copies of weights (LoRA slots
+    /// are written after compiling) know when they are stale.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl DeviceMemory for StagedMemory {
@@ -124,7 +127,14 @@ fn write(t: &Tensor, bytes: &[u8]) -> Result<()> {
 /// Weights already on the device, shared by every executable compiled with
 /// them (each step shape is its own executable). The `Buffer` clone keeps the
 /// staged memory alive, so its address cannot be reused by another weight.
-type WeightCache = Mutex<Vec<(Buffer, usize, Arc<PjrtBuffer>)>>;
+type WeightCache = Mutex<Vec<(Buffer, usize, u64, Arc<PjrtBuffer>)>>;
+
+/// How many times the host has written `t`'s buffer.
+fn version(t: &Tensor) -> Result<u64> {
+    Ok(staged(&t.buffer)?
+        .version
+        .load(std::sync::atomic::Ordering::Acquire))
+}
 
 /// Cheap to clone: every field is shared.
 #[derive(Clone)]
@@ -218,23 +228,30 @@ impl TpuDevice {
         self.transfers.totals()
     }
 
-    /// `t` on the device, uploaded once per (buffer, offset).
-    fn weight(&self, t: &Tensor) -> Result<Arc<PjrtBuffer>> {
+    /// `t` on the device, uploaded once per (buffer, offset) and again after
+    /// the host writes the buffer; with the version it was uploaded at.
+    fn weight(&self, t: &Tensor) -> Result<(u64, Arc<PjrtBuffer>)> {
+        let now = version(t)?;
         let mut cache = self
             .weights
             .lock()
             .map_err(|_| Error::device("tpu", "the weight cache's lock was poisoned"))?;
-        if let Some((_, _, b)) = cache.iter().find(|(buf, off, b)| {
+        let same = |buf: &Buffer, off: usize, b: &PjrtBuffer| {
             buf.same(&t.buffer)
-                && *off == t.offset
+                && off == t.offset
                 && b.dims().is_ok_and(|d| d == t.shape)
                 && b.dtype().is_ok_and(|d| d == t.dtype)
-        }) {
-            return Ok(b.clone());
+        };
+        if let Some((_, _, v, b)) = cache
+            .iter()
+            .find(|(buf, off, v, b)| *v == now && same(buf, *off, b))
+        {
+            return Ok((*v, b.clone()));
         }
+        cache.retain(|(buf, off, _, b)| !same(buf, *off, b));
         let b = Arc::new(self.upload(t)?);
-        cache.push((t.buffer.clone(), t.offset, b.clone()));
-        Ok(b)
+        cache.push((t.buffer.clone(), t.offset, now, b.clone()));
+        Ok((now, b))
     }
 
     fn upload(&self, t: &Tensor) -> Result<PjrtBuffer> {
@@ -286,6 +303,7 @@ impl Device for TpuDevice {
         Ok(Buffer::new(Arc::new(StagedMemory {
             bytes: Mutex::new(v),
             resident: Mutex::new(vec![]),
+            version: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 
@@ -303,6 +321,8 @@ impl Device for TpuDevice {
                 ))
             })?;
         m[offset..end].copy_from_slice(src);
+        mem.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 
@@ -343,7 +363,8 @@ impl Device for TpuDevice {
                 let t = weights
                     .get(name)
                     .ok_or_else(|| Error::invalid(format!("weight {name} is not bound")))?;
-                self.weight(t)
+                let (v, b) = self.weight(t)?;
+                Ok((t.clone(), v, b))
             })
             .collect::<Result<Vec<_>>>()?;
         let outputs = graph.outputs.iter().map(|&v| graph.ty(v).clone()).collect();
@@ -365,12 +386,20 @@ fn with_program_head(e: Error, text: &str) -> Error {
 struct TpuExecutable {
     device: TpuDevice,
     exe: PjrtExecutable,
-    weights: Vec<Arc<PjrtBuffer>>,
+    /// Each bound weight, the version of its device copy, and the copy.
+    weights: Vec<(Tensor, u64, Arc<PjrtBuffer>)>,
     outputs: Vec<tessera_core::hal::TensorType>,
 }
 
 impl Executable for TpuExecutable {
     fn run(&mut self, inputs: &[Tensor], state: &mut [Tensor]) -> Result<Vec<Tensor>> {
+        // Weights the host wrote since (LoRA slots) go up again.
+        for w in self.weights.iter_mut() {
+            if version(&w.0)? != w.1 {
+                let (v, b) = self.device.weight(&w.0)?;
+                (w.1, w.2) = (v, b);
+            }
+        }
         let mut staged_in = inputs
             .iter()
             .map(|t| self.device.upload(t))
@@ -380,7 +409,7 @@ impl Executable for TpuExecutable {
         }
         let args: Vec<&PjrtBuffer> = staged_in
             .iter()
-            .chain(self.weights.iter().map(|w| w.as_ref()))
+            .chain(self.weights.iter().map(|w| w.2.as_ref()))
             .collect();
         let results = self.exe.execute(&args)?;
         drop(staged_in);
