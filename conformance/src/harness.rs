@@ -78,6 +78,7 @@ pub fn greedy(runner: &mut Runner, prompt: &[u32], steps: usize) -> Result<Vec<u
         sampling: SamplingParams::default(),
         stop_ids: vec![],
         prefill_chunk: 512,
+        lora_slot: None,
     };
     let mut out = vec![];
     generate(runner, prompt, &opts, |id| {

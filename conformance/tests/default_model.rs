@@ -112,6 +112,7 @@ fn chat_answer_names_paris() {
             sampling: Default::default(),
             stop_ids: tok.eos.clone(),
             prefill_chunk: 512,
+            lora_slot: None,
         };
         let mut out = vec![];
         let stats = tessera_core::engine::generate(&mut r, &prompt, &opts, |id| {

@@ -140,6 +140,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
             sampling: SamplingParams::default(),
             stop_ids: vec![],
             prefill_chunk: 4096,
+            lora_slot: None,
         };
         let caps = session.device.capabilities();
         let bw = *bw.get_or_insert_with(|| {

@@ -123,6 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         sampling,
         stop_ids,
         prefill_chunk: a.prefill_chunk,
+        lora_slot: None,
     };
 
     let stdout = std::io::stdout();

@@ -15,6 +15,8 @@ pub struct GenerateOptions {
     pub stop_ids: Vec<u32>,
     /// Longest prompt piece run in one step; bounds activation memory.
     pub prefill_chunk: usize,
+    /// The LoRA slot every token uses (the model must have slots), or none.
+    pub lora_slot: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -60,6 +62,7 @@ pub fn generate(
         )));
     }
     let table = |len: usize| -> Vec<u32> { (0..len.div_ceil(bs) as u32).collect() };
+    let lora = |n: usize| -> Vec<i32> { opts.lora_slot.map_or(vec![], |s| vec![s as i32; n]) };
     let mut stats = GenerateStats {
         prompt_tokens: prompt.len(),
         finish_reason: "length".into(),
@@ -81,7 +84,7 @@ pub fn generate(
             seq_lens: vec![(done + n) as u32],
             block_tables: vec![table(done + n)],
             all_logits: false,
-            lora_slots: vec![],
+            lora_slots: lora(n),
         };
         logits = Some(runner.step(&batch)?);
         done += n;
@@ -116,7 +119,7 @@ pub fn generate(
             seq_lens: vec![(len + 1) as u32],
             block_tables: vec![table(len + 1)],
             all_logits: false,
-            lora_slots: vec![],
+            lora_slots: lora(1),
         };
         logits = runner.step(&batch)?;
         stats.decode_time += t.elapsed();
