@@ -73,12 +73,22 @@ pub fn prompt_logits(runner: &mut Runner, prompt: &[u32]) -> Result<Vec<f32>> {
 
 /// `steps` greedy tokens after `prompt`, never stopping at EOS.
 pub fn greedy(runner: &mut Runner, prompt: &[u32], steps: usize) -> Result<Vec<u32>> {
+    greedy_in_slot(runner, prompt, steps, None)
+}
+
+/// `greedy` with every token in LoRA slot `slot` (the model must have slots).
+pub fn greedy_in_slot(
+    runner: &mut Runner,
+    prompt: &[u32],
+    steps: usize,
+    slot: Option<usize>,
+) -> Result<Vec<u32>> {
     let opts = GenerateOptions {
         max_tokens: steps,
         sampling: SamplingParams::default(),
         stop_ids: vec![],
         prefill_chunk: 512,
-        lora_slot: None,
+        lora_slot: slot,
     };
     let mut out = vec![];
     generate(runner, prompt, &opts, |id| {

@@ -5,13 +5,11 @@
 //! step that mixes base, `a` and `b`, and PEFT's greedy tokens through each slot (fixtures: `oracle/make_lora_fixtures.py`).
 
 use crate::golden::{fixtures_dir, worst_row_nmse, Golden};
-use crate::harness::block_size;
+use crate::harness::{block_size, greedy_in_slot};
 use crate::report::{Check, Layer};
 use crate::thresholds::model_logits_limit;
 use std::sync::Arc;
-use tessera_core::engine::{
-    generate, DeviceModel, GenerateOptions, KvCache, Runner, SamplingParams, StepBatch,
-};
+use tessera_core::engine::{DeviceModel, KvCache, Runner, StepBatch};
 use tessera_core::hal::Device;
 use tessera_core::model::llama::{KvShape, LoraShape};
 use tessera_core::model::{self, lora::load_adapter};
@@ -152,7 +150,7 @@ fn run(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
     if dtype == DType::F32 {
         for (slot, key) in [(None, "base"), (Some(0), "a"), (Some(1), "b")] {
             let want = golden.ids(&format!("p0.greedy.{key}"))?;
-            let got = greedy(&mut runner, &prompts[0], want.len(), slot)?;
+            let got = greedy_in_slot(&mut runner, &prompts[0], want.len(), slot)?;
             let first = want.iter().zip(&got).position(|(w, g)| w != g);
             let ok = first.is_none() && got.len() == want.len();
             let detail = match first {
@@ -193,28 +191,6 @@ fn measured(what: &str, dtype: DType, (row, err): &(usize, f64), limit: f64, not
     .note(format!(
         "{note}: worst position {row}, against the base model"
     ))
-}
-
-/// `steps` greedy tokens after `prompt` with every token in LoRA `slot`.
-fn greedy(
-    runner: &mut Runner,
-    prompt: &[u32],
-    steps: usize,
-    slot: Option<usize>,
-) -> Result<Vec<u32>> {
-    let opts = GenerateOptions {
-        max_tokens: steps,
-        sampling: SamplingParams::default(),
-        stop_ids: vec![],
-        prefill_chunk: 512,
-        lora_slot: slot,
-    };
-    let mut out = vec![];
-    generate(runner, prompt, &opts, |id| {
-        out.push(id);
-        Ok(true)
-    })?;
-    Ok(out)
 }
 
 /// One prefill step of `seqs` (prompt, LoRA slot), each in blocks of its own;

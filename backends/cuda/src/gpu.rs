@@ -31,12 +31,16 @@ pub struct Gpu {
 unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
+/// The driver's name for an error (`CUDA_ERROR_NO_DEVICE`).
+pub fn error_name(e: &DriverError) -> String {
+    e.error_name()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{e:?}"))
+}
+
 /// A driver error as a tessera error naming the call and what to do.
 pub fn fail(call: &str, e: DriverError) -> Error {
-    let name = e
-        .error_name()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| format!("{e:?}"));
+    let name = error_name(&e);
     let hint = match e.0 {
         sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
             ": out of GPU memory; lower --memory-utilization, --max-num-seqs or --max-num-batched-tokens, or use a smaller model"
@@ -150,11 +154,10 @@ impl Gpu {
         }
         // SAFETY: a valid stream of the current context.
         unsafe { result::malloc_async(self.stream, bytes.max(1)) }.map_err(|e| {
-            let mut err = fail(&format!("cuMemAllocAsync of {bytes} bytes"), e);
-            if let Error::Device { message, .. } = &mut err {
-                message.push_str(&format!(" ({:.2} GB asked)", bytes as f64 / 1e9));
-            }
-            err
+            fail(
+                &format!("cuMemAllocAsync of {:.2} GB", bytes as f64 / 1e9),
+                e,
+            )
         })
     }
 

@@ -575,23 +575,6 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
     }
 
     fn lora_shrink(&self, x: &Tensor, a: &Tensor, idx: &Tensor, out: &Tensor) -> Result<()> {
-        self.lora_shrink_(x, a, idx, out)
-    }
-
-    fn lora_expand(
-        &self,
-        y: &Tensor,
-        u: &Tensor,
-        b: &Tensor,
-        idx: &Tensor,
-        out: &Tensor,
-    ) -> Result<()> {
-        self.lora_expand_(y, u, b, idx, out)
-    }
-}
-
-impl<R: Runtime> CudaKernels<R> {
-    fn lora_shrink_(&self, x: &Tensor, a: &Tensor, idx: &Tensor, out: &Tensor) -> Result<()> {
         let [t, k] = dims(x, "lora_shrink input")?;
         let [l, r, k2] = dims(a, "lora_shrink stack")?;
         if k2 != k {
@@ -618,7 +601,7 @@ impl<R: Runtime> CudaKernels<R> {
         self.launch(&name, Config::new((t, 1, 1), 128, 0)?, args)
     }
 
-    fn lora_expand_(
+    fn lora_expand(
         &self,
         y: &Tensor,
         u: &Tensor,
@@ -658,7 +641,9 @@ impl<R: Runtime> CudaKernels<R> {
             .int(l)?;
         self.launch(&name, Config::new((t, n.div_ceil(128), 1), 128, 0)?, args)
     }
+}
 
+impl<R: Runtime> CudaKernels<R> {
     /// `silu_mul` and `add`: f32 in, f32 out, same shapes.
     fn elementwise(&self, name: &str, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<()> {
         for (t, what) in [(a, "first input"), (b, "second input"), (out, "output")] {

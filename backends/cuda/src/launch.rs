@@ -199,7 +199,7 @@ impl Functions {
     }
 
     /// Launches kernel `name` on the GPU's stream.
-    pub fn launch(&self, gpu: &Gpu, name: &str, cfg: Config, args: Args) -> Result<()> {
+    pub fn launch(&self, gpu: &Gpu, name: &str, cfg: Config, mut args: Args) -> Result<()> {
         let (f, max_shared, signature) = self
             .by_name
             .get(name)
@@ -223,7 +223,6 @@ impl Functions {
         if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
             return Ok(()); // nothing to do
         }
-        let mut args = args;
         let mut params = args.params();
         gpu.bind()?;
         // SAFETY: `params` points at one value per kernel parameter, in the

@@ -23,28 +23,28 @@ use tessera_core::{Error, Result};
 /// The backend's name; naming it from a binary links this crate.
 pub const BACKEND_NAME: &str = "cuda";
 
-/// Why the libraries the backend needs cannot be used, checked before any
-/// CUDA call (cudarc panics on a call into a library it cannot load).
-fn missing_library() -> Option<String> {
+/// Why libcuda cannot be used, checked before any driver call (cudarc
+/// panics on a call into a library it cannot load).
+fn missing_driver() -> Option<String> {
     // SAFETY: only tries to open the library.
-    if !unsafe { sys::is_culib_present() } {
-        return Some("libcuda.so not found: no NVIDIA driver on this machine".into());
-    }
-    compiler::unavailable().or_else(gemm::unavailable)
+    (!unsafe { sys::is_culib_present() })
+        .then(|| "libcuda.so not found: no NVIDIA driver on this machine".into())
+}
+
+/// Why the libraries the backend needs cannot be used.
+fn missing_library() -> Option<String> {
+    missing_driver()
+        .or_else(compiler::unavailable)
+        .or_else(gemm::unavailable)
 }
 
 /// The GPUs the driver sees, without creating a context.
 fn list_devices() -> std::result::Result<Vec<DeviceInfo>, String> {
-    // SAFETY: only tries to open the library.
-    if !unsafe { sys::is_culib_present() } {
-        return Err("libcuda.so not found: no NVIDIA driver on this machine".into());
+    if let Some(why) = missing_driver() {
+        return Err(why);
     }
     let why = |call: &str, e: cudarc::driver::DriverError| {
-        let name = e
-            .error_name()
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| format!("{e:?}"));
-        format!("{call} failed with {name}")
+        format!("{call} failed with {}", gpu::error_name(&e))
     };
     result::init().map_err(|e| why("cuInit", e))?;
     let count = result::device::get_count().map_err(|e| why("cuDeviceGetCount", e))?;
