@@ -39,6 +39,7 @@ impl Setup {
             max_num_batched_tokens: budget,
             max_model_len: 2048,
             prefix_caching: true,
+            lora: None,
         };
         Engine::new(r, None, cfg)
     }

@@ -38,6 +38,7 @@ fn engine(
         max_num_batched_tokens: max_tokens_step,
         max_model_len: 2048,
         prefix_caching: true,
+        lora: None,
     };
     Engine::new(r, None, cfg).expect("engine")
 }

@@ -79,6 +79,7 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_model_len,
             prefix_caching: !self.no_prefix_caching,
+            lora: None,
         };
         let tokenizer = session
             .source

@@ -67,6 +67,23 @@ const ROOT_HASH: u64 = 0x5eed_b10c_ca11_ab1e;
 /// Parent entry of block 0; real entry ids start at 1 (0 also means "none").
 const ROOT_ENTRY: u64 = 0;
 
+/// Where a sequence's chain of block hashes starts. The same tokens under
+/// another LoRA adapter are other KV, so each adapter gets its own root
+/// (`BlockManager::new_root`) and its blocks never match another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixRoot {
+    hash: u64,
+    entry: u64,
+}
+
+impl PrefixRoot {
+    /// The base model's root.
+    pub const BASE: PrefixRoot = PrefixRoot {
+        hash: ROOT_HASH,
+        entry: ROOT_ENTRY,
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
     Used,
@@ -254,6 +271,26 @@ impl BlockManager {
     /// already computed = hit blocks * block_size), or None if there are not
     /// enough free blocks (then nothing changes).
     pub fn allocate(&mut self, tokens: &[u32]) -> Option<(Vec<BlockId>, usize)> {
+        self.allocate_in(PrefixRoot::BASE, tokens)
+    }
+
+    /// A fresh root for a prefix-cache namespace (a LoRA adapter). Its entry
+    /// id is taken from the registration ids, so it is never reused.
+    pub fn new_root(&mut self) -> PrefixRoot {
+        let entry = self.next_entry;
+        self.next_entry += 1;
+        PrefixRoot {
+            hash: splitmix64(ROOT_HASH ^ entry),
+            entry,
+        }
+    }
+
+    /// `allocate` with prefix hits only among blocks cached under `root`.
+    pub fn allocate_in(
+        &mut self,
+        root: PrefixRoot,
+        tokens: &[u32],
+    ) -> Option<(Vec<BlockId>, usize)> {
         let bs = self.block_size;
         let need = self.blocks_for(tokens.len());
         let mut table: Vec<BlockId> = Vec::with_capacity(need);
@@ -261,8 +298,8 @@ impl BlockManager {
         if self.prefix_caching && !tokens.is_empty() {
             // Full blocks before the one holding the last token.
             queries = (tokens.len() - 1) / bs;
-            let mut parent_hash = ROOT_HASH;
-            let mut parent_entry = ROOT_ENTRY;
+            let mut parent_hash = root.hash;
+            let mut parent_entry = root.entry;
             for chunk in tokens.chunks_exact(bs).take(queries) {
                 let h = block_hash(parent_hash, chunk);
                 let Some(b) = self.lookup(h, parent_entry, chunk) else {
@@ -352,6 +389,17 @@ impl BlockManager {
     /// already registered is skipped; if another block already holds the same
     /// prefix, the existing mapping is kept (this block becomes its duplicate).
     pub fn cache_full_blocks(&mut self, table: &[BlockId], tokens: &[u32], computed: usize) {
+        self.cache_full_blocks_in(PrefixRoot::BASE, table, tokens, computed)
+    }
+
+    /// `cache_full_blocks` for a sequence whose chain starts at `root`.
+    pub fn cache_full_blocks_in(
+        &mut self,
+        root: PrefixRoot,
+        table: &[BlockId],
+        tokens: &[u32],
+        computed: usize,
+    ) {
         if !self.prefix_caching {
             return;
         }
@@ -367,7 +415,7 @@ impl BlockManager {
             }
         }
         let (mut parent_hash, mut parent_entry) = match start {
-            0 => (ROOT_HASH, ROOT_ENTRY),
+            0 => (root.hash, root.entry),
             _ => {
                 let blk = self.blocks[table[start - 1] as usize];
                 (blk.hash, blk.ident)
@@ -877,6 +925,33 @@ mod tests {
 
     fn refs(m: &BlockManager, b: BlockId) -> u32 {
         m.blocks[b as usize].refs
+    }
+
+    #[test]
+    fn roots_keep_prefixes_apart() {
+        let mut m = BlockManager::new(16, 4, true);
+        let prompt: Vec<u32> = (0..10).collect();
+        let lora = m.new_root();
+        let other = m.new_root();
+        assert_ne!(lora, other);
+        let (t1, _) = m.allocate_in(lora, &prompt).unwrap();
+        m.cache_full_blocks_in(lora, &t1, &prompt, 10);
+        m.free(&t1);
+        m.check().unwrap();
+        // The same tokens under the base model or another adapter: a miss.
+        let (t2, c2) = m.allocate(&prompt).unwrap();
+        assert_eq!(c2, 0);
+        m.cache_full_blocks(&t2, &prompt, 10);
+        m.free(&t2);
+        let (t3, c3) = m.allocate_in(other, &prompt).unwrap();
+        assert_eq!(c3, 0);
+        m.free(&t3);
+        // Under its own root: a hit on its own blocks.
+        let (t4, c4) = m.allocate_in(lora, &prompt).unwrap();
+        assert_eq!((c4, &t4[..2]), (8, &t1[..2]));
+        let (t5, c5) = m.allocate(&prompt).unwrap();
+        assert_eq!((c5, &t5[..2]), (8, &t2[..2]));
+        m.check().unwrap();
     }
 
     #[test]

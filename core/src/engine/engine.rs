@@ -1,7 +1,8 @@
 //! The engine: requests in, streamed deltas out. `step()` schedules, runs the
 //! model once over the ragged batch, and turns logits into tokens and text.
 
-use super::block_manager::BlockManager;
+use super::block_manager::{BlockManager, PrefixRoot};
+use super::lora::{LoraConfig, LoraManager, LoraSlots};
 use super::runner::{Runner, StepBatch};
 use super::sampler::{sample_token, SamplingParams};
 use super::scheduler::{Scheduler, SchedulerConfig, SeqId};
@@ -20,6 +21,9 @@ pub struct EngineConfig {
     /// Longest sequence (prompt + output) served; at most the model's context.
     pub max_model_len: usize,
     pub prefix_caching: bool,
+    /// LoRA adapter slots and caches; None serves the base model only (and
+    /// compiles steps without the LoRA ops).
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for EngineConfig {
@@ -29,6 +33,7 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 2048,
             max_model_len: 8192,
             prefix_caching: true,
+            lora: None,
         }
     }
 }
@@ -86,11 +91,14 @@ pub struct Engine {
     pub times: StepTimes,
     /// Sequences preempted (and later recomputed) so far.
     pub preemptions: u64,
+    lora: Option<LoraManager>,
+    /// Adapters written into device slots so far.
+    pub lora_loads: u64,
 }
 
 impl Engine {
     pub fn new(
-        runner: Runner,
+        mut runner: Runner,
         tokenizer: Option<Arc<Tokenizer>>,
         mut config: EngineConfig,
     ) -> Result<Self> {
@@ -108,6 +116,29 @@ impl Engine {
             max_num_seqs: config.max_num_seqs,
             max_num_batched_tokens: config.max_num_batched_tokens,
         };
+        let mut scheduler = Scheduler::new(sched, blocks);
+        let lora = match config.lora {
+            None => None,
+            Some(lc) => {
+                let manager = LoraManager::new(lc, &runner.model.config)?;
+                let want = crate::model::llama::LoraShape {
+                    slots: lc.max_loras,
+                    rank: lc.max_lora_rank,
+                };
+                match runner.model.lora {
+                    None => runner.model.enable_lora(want)?,
+                    Some(have) if have != want => {
+                        return Err(Error::invalid(format!(
+                            "the model has {} LoRA slots of rank {}, the engine wants {} of rank {}",
+                            have.slots, have.rank, want.slots, want.rank
+                        )))
+                    }
+                    Some(_) => {}
+                }
+                scheduler.lora = Some(LoraSlots::new(lc.max_loras));
+                Some(manager)
+            }
+        };
         let eos_ids = tokenizer
             .as_ref()
             .map(|t| t.eos.clone())
@@ -116,7 +147,7 @@ impl Engine {
         Ok(Engine {
             runner,
             config,
-            scheduler: Scheduler::new(sched, blocks),
+            scheduler,
             tokenizer,
             eos_ids,
             requests: HashMap::new(),
@@ -124,7 +155,67 @@ impl Engine {
             arrivals: 0,
             times: StepTimes::default(),
             preemptions: 0,
+            lora,
+            lora_loads: 0,
         })
+    }
+
+    /// Whether the engine serves LoRA adapters (`EngineConfig::lora`).
+    pub fn lora_enabled(&self) -> bool {
+        self.lora.is_some()
+    }
+
+    fn lora_manager(&mut self) -> Result<&mut LoraManager> {
+        self.lora.as_mut().ok_or_else(|| {
+            Error::Request("this engine serves no LoRA adapters; start it with LoRA enabled".into())
+        })
+    }
+
+    /// Serves the PEFT adapter in `dir` as `name` (read and checked now).
+    pub fn load_lora(&mut self, name: &str, dir: &std::path::Path) -> Result<()> {
+        self.lora_manager()?;
+        let root = self.scheduler.blocks.new_root();
+        self.lora_manager()?.register(name, dir, root).map(|_| ())
+    }
+
+    /// Serves an adapter made in memory as its `name`.
+    pub fn add_lora(&mut self, adapter: crate::model::lora::LoraAdapter) -> Result<()> {
+        self.lora_manager()?;
+        let root = self.scheduler.blocks.new_root();
+        self.lora_manager()?
+            .register_adapter(adapter, root)
+            .map(|_| ())
+    }
+
+    /// Stops serving `name`; requests already queued with it finish.
+    pub fn unload_lora(&mut self, name: &str) -> Result<()> {
+        let id = self.lora_manager()?.unregister(name)?;
+        let in_use = self.scheduler.seqs.values().any(|s| s.lora == Some(id));
+        if !in_use {
+            if let Some(slots) = self.scheduler.lora.as_mut() {
+                slots.evict(id);
+            }
+        }
+        let seqs = &self.scheduler.seqs;
+        if let Some(m) = self.lora.as_mut() {
+            m.forget_unused(|a| seqs.values().any(|s| s.lora == Some(a)));
+        }
+        Ok(())
+    }
+
+    /// The adapters served now, by name.
+    pub fn lora_names(&self) -> Vec<String> {
+        self.lora.as_ref().map(LoraManager::names).unwrap_or_default()
+    }
+
+    /// The adapter in each device slot (tests and diagnostics).
+    pub fn lora_slots(&self) -> Vec<Option<String>> {
+        let (Some(slots), Some(m)) = (&self.scheduler.lora, &self.lora) else {
+            return vec![];
+        };
+        (0..slots.len())
+            .map(|s| slots.adapter_in(s).map(|a| m.name(a).to_string()))
+            .collect()
     }
 
     pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
@@ -150,7 +241,8 @@ impl Engine {
         self.scheduler.blocks.check()
     }
 
-    /// Queues a request, or says why it can never be served. Nothing changes on error.
+    /// Queues a request for the base model, or says why it can never be
+    /// served. Nothing changes on error.
     pub fn add_request(
         &mut self,
         id: &str,
@@ -158,6 +250,29 @@ impl Engine {
         params: SamplingParams,
         priority: i32,
     ) -> Result<()> {
+        self.add_request_with(id, prompt, params, priority, None)
+    }
+
+    /// Queues a request that runs with the LoRA adapter named `lora` (None:
+    /// the base model). Nothing changes on error.
+    pub fn add_request_with(
+        &mut self,
+        id: &str,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+        lora: Option<&str>,
+    ) -> Result<()> {
+        let (adapter, prefix_root) = match lora {
+            None => (None, PrefixRoot::BASE),
+            Some(name) => {
+                let m = self.lora_manager()?;
+                let a = m.id(name).ok_or_else(|| {
+                    Error::Request(format!("no LoRA adapter named {name:?} is loaded"))
+                })?;
+                (Some(a), m.root(a))
+            }
+        };
         if self.requests.contains_key(id) {
             return Err(Error::Request(format!(
                 "request id {id:?} is already in use"
@@ -212,6 +327,8 @@ impl Engine {
             decoder: StreamDecoder::new(),
             stop: StopMatcher::new(params.stop.clone()),
             params: params.clone(),
+            lora: adapter,
+            prefix_root,
         };
         let prompt_tokens = seq.prompt_len;
         self.scheduler.add(seq_id, seq);
@@ -259,19 +376,20 @@ impl Engine {
     /// One engine step: schedule, execute, postprocess.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let t0 = Instant::now();
-        let plan = self.scheduler.schedule();
+        let mut plan = self.scheduler.schedule();
         self.preemptions += plan.preempted.len() as u64;
+        let mut outputs = self.write_lora_slots(&mut plan);
         let t1 = Instant::now();
         if plan.scheduled.is_empty() {
             self.times.schedule += t1 - t0;
-            return Ok(vec![]);
+            return Ok(outputs);
         }
         let result = self.runner.copy_blocks(&plan.copies).and_then(|_| {
             let batch = self.batch(&plan.scheduled);
             self.runner.step(&batch)
         });
         let t2 = Instant::now();
-        let outputs = match result {
+        outputs.extend(match result {
             Ok(logits) => {
                 let mut data = match logits.data {
                     crate::HostData::F32(v) => v,
@@ -280,12 +398,53 @@ impl Engine {
                 self.postprocess(&plan.scheduled, &mut data)
             }
             Err(e) => self.fail(&plan.scheduled, &e),
-        };
+        });
         self.times.steps += 1;
         self.times.schedule += t1 - t0;
         self.times.execute += t2 - t1;
         self.times.postprocess += t2.elapsed();
         Ok(outputs)
+    }
+
+    /// Writes the adapters the scheduler placed into their slots. An adapter
+    /// that cannot be read (its folder changed or vanished since it was
+    /// checked) ends the requests that use it, with the reason, and leaves
+    /// its slot empty; the rest of the step goes on.
+    fn write_lora_slots(&mut self, plan: &mut super::scheduler::Step) -> Vec<RequestOutput> {
+        let mut out = vec![];
+        for (slot, adapter) in std::mem::take(&mut plan.lora_loads) {
+            let Some(m) = self.lora.as_mut() else {
+                break;
+            };
+            let written = m
+                .weights(adapter)
+                .and_then(|w| self.runner.model.load_lora_slot(slot, &w));
+            if written.is_ok() {
+                self.lora_loads += 1;
+                continue;
+            }
+            let e = written.err().unwrap_or_else(|| Error::invalid("LoRA slot"));
+            tracing::error!("LoRA adapter {} could not be written: {e}", m.name(adapter));
+            if let Some(slots) = self.scheduler.lora.as_mut() {
+                slots.evict(adapter);
+            }
+            let users: Vec<String> = self
+                .scheduler
+                .seqs
+                .values()
+                .filter(|s| s.lora == Some(adapter))
+                .map(|s| s.request_id.clone())
+                .collect();
+            for rid in users {
+                for mut o in self.abort(&rid) {
+                    o.finish_reason = Some(FinishReason::Error(e.to_string()));
+                    out.push(o);
+                }
+            }
+        }
+        let seqs = &self.scheduler.seqs;
+        plan.scheduled.retain(|s| seqs.contains_key(&s.seq));
+        out
     }
 
     fn batch(&self, scheduled: &[super::scheduler::Scheduled]) -> StepBatch {
@@ -299,6 +458,11 @@ impl Engine {
                 continue;
             };
             let start = seq.num_computed;
+            if let Some(slots) = &self.scheduler.lora {
+                let slot = seq.lora.and_then(|a| slots.slot_of(a)).map_or(-1, |x| x as i32);
+                b.lora_slots
+                    .extend(std::iter::repeat_n(slot, s.num_tokens));
+            }
             for pos in start..start + s.num_tokens {
                 b.tokens.push(seq.tokens[pos]);
                 b.positions.push(pos as u32);
@@ -349,7 +513,7 @@ impl Engine {
             let computed = seq.num_computed;
             self.scheduler
                 .blocks
-                .cache_full_blocks(&seq.block_table, &seq.tokens, computed);
+                .cache_full_blocks_in(seq.prefix_root, &seq.block_table, &seq.tokens, computed);
             if seq.pending() > 0 {
                 continue; // a prompt chunk: no token yet
             }
@@ -398,6 +562,8 @@ impl Engine {
                 arrival: p.arrival,
                 decoder: StreamDecoder::new(),
                 stop: StopMatcher::new(p.params.stop.clone()),
+                lora: p.lora,
+                prefix_root: p.prefix_root,
             };
             let id = self.new_seq_id();
             self.scheduler.add_running(id, child);

@@ -2,6 +2,7 @@
 //! and who gives up its KV blocks when they run out.
 
 use super::block_manager::{BlockId, BlockManager};
+use super::lora::{AdapterId, LoraSlots, SlotDecision};
 use super::sequence::{SeqStatus, Sequence};
 use std::collections::{HashMap, VecDeque};
 
@@ -27,6 +28,8 @@ pub struct Step {
     pub copies: Vec<(BlockId, BlockId)>,
     /// Sequences pushed back to waiting this step (their KV is recomputed later).
     pub preempted: Vec<SeqId>,
+    /// Adapters to write into LoRA slots (slot, adapter) before the step runs.
+    pub lora_loads: Vec<(usize, AdapterId)>,
 }
 
 pub struct Scheduler {
@@ -37,6 +40,8 @@ pub struct Scheduler {
     waiting: VecDeque<SeqId>,
     /// In admission order; the last one is the newest.
     running: Vec<SeqId>,
+    /// The device's LoRA slots, when the model has them.
+    pub lora: Option<LoraSlots>,
 }
 
 impl Scheduler {
@@ -47,6 +52,7 @@ impl Scheduler {
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
             running: vec![],
+            lora: None,
         }
     }
 
@@ -105,11 +111,8 @@ impl Scheduler {
     /// the newest running sequence (lowest priority, then latest arrival) is
     /// preempted: its blocks are freed and it returns to the front of the waiting
     /// queue to be recomputed. Then, unless someone was preempted this step,
-    /// waiting sequences are admitted in (priority, arrival) order while the
-    /// budget, `max_num_seqs` and the free blocks allow; admission reuses cached
-    /// prefix blocks, and a sequence that does not fit stops admission (FCFS:
-    /// nobody overtakes it). Requests that could never fit are refused before
-    /// they get here.
+    /// waiting sequences are admitted (`admit`). Requests that could never fit
+    /// are refused before they get here.
     pub fn schedule(&mut self) -> Step {
         let mut step = Step::default();
         let mut budget = self.config.max_num_batched_tokens;
@@ -163,34 +166,89 @@ impl Scheduler {
         // this step: it keeps the policy simple and the step bounded.
 
         if step.preempted.is_empty() {
-            while budget > 0 && self.running.len() < self.config.max_num_seqs {
-                let Some(&id) = self.waiting.front() else {
-                    break;
-                };
-                let Some(seq) = self.seqs.get(&id) else {
-                    self.waiting.pop_front();
-                    continue;
-                };
-                let Some((table, computed)) = self.blocks.allocate(&seq.tokens) else {
-                    break;
-                };
-                self.waiting.pop_front();
-                let Some(seq) = self.seqs.get_mut(&id) else {
-                    continue;
-                };
-                seq.block_table = table;
-                seq.num_computed = computed;
-                seq.status = SeqStatus::Running;
-                let n = seq.pending().min(budget);
-                step.scheduled.push(Scheduled {
-                    seq: id,
-                    num_tokens: n,
-                });
-                budget -= n;
-                self.running.push(id);
+            self.admit(&mut step, budget);
+        }
+        if let Some(slots) = self.lora.as_mut() {
+            for sch in &step.scheduled {
+                if let Some(s) = self.seqs.get(&sch.seq).and_then(|q| q.lora) {
+                    if let Some(slot) = slots.slot_of(s) {
+                        slots.touch(slot);
+                    }
+                }
             }
         }
         step
+    }
+
+    /// Admits waiting sequences in (priority, arrival) order while the budget,
+    /// `max_num_seqs` and the free blocks allow; admission reuses cached prefix
+    /// blocks, and a sequence that does not fit in the blocks stops admission
+    /// (FCFS: nobody overtakes it). A sequence whose LoRA adapter cannot have a
+    /// slot this step is passed over and keeps its place (see `lora`).
+    fn admit(&mut self, step: &mut Step, mut budget: usize) {
+        let mut busy: HashMap<AdapterId, usize> = HashMap::new();
+        if self.lora.is_some() {
+            for id in &self.running {
+                if let Some(a) = self.seqs.get(id).and_then(|s| s.lora) {
+                    *busy.entry(a).or_default() += 1;
+                }
+            }
+        }
+        if let Some(slots) = self.lora.as_mut() {
+            slots.settle(&busy);
+        }
+        let mut i = 0;
+        while budget > 0 && self.running.len() < self.config.max_num_seqs {
+            let Some(&id) = self.waiting.get(i) else {
+                break;
+            };
+            let Some(seq) = self.seqs.get(&id) else {
+                self.waiting.remove(i);
+                continue;
+            };
+            let mut load = None;
+            if let Some(adapter) = seq.lora {
+                let Some(slots) = self.lora.as_mut() else {
+                    // Refused when added; never runs without slots.
+                    i += 1;
+                    continue;
+                };
+                match slots.decide(adapter, &busy) {
+                    SlotDecision::Ready(_) => {}
+                    SlotDecision::Load(slot) => load = Some((slot, adapter)),
+                    SlotDecision::Wait => {
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+            let Some((table, computed)) = self.blocks.allocate_in(seq.prefix_root, &seq.tokens)
+            else {
+                break;
+            };
+            if let (Some((slot, adapter)), Some(slots)) = (load, self.lora.as_mut()) {
+                slots.assign(slot, adapter);
+                step.lora_loads.retain(|&(s, _)| s != slot);
+                step.lora_loads.push((slot, adapter));
+            }
+            if let Some(a) = seq.lora {
+                *busy.entry(a).or_default() += 1;
+            }
+            self.waiting.remove(i);
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            seq.block_table = table;
+            seq.num_computed = computed;
+            seq.status = SeqStatus::Running;
+            let n = seq.pending().min(budget);
+            step.scheduled.push(Scheduled {
+                seq: id,
+                num_tokens: n,
+            });
+            budget -= n;
+            self.running.push(id);
+        }
     }
 
     fn newest_running(&self) -> SeqId {

@@ -1,7 +1,8 @@
 //! One sequence being generated: its tokens, how many of them are in the KV
 //! cache, its blocks, and where it stands. A request with `n > 1` owns n sequences.
 
-use super::block_manager::BlockId;
+use super::block_manager::{BlockId, PrefixRoot};
+use super::lora::AdapterId;
 use super::sampler::SamplingParams;
 use super::stop::StopMatcher;
 use crate::model::tokenizer::StreamDecoder;
@@ -48,6 +49,10 @@ pub struct Sequence {
     pub arrival: u64,
     pub decoder: StreamDecoder,
     pub stop: StopMatcher,
+    /// The LoRA adapter it runs with (None: the base model).
+    pub lora: Option<AdapterId>,
+    /// Where its blocks' prefix-cache hashes start (its adapter's namespace).
+    pub prefix_root: PrefixRoot,
 }
 
 impl Sequence {

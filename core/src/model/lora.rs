@@ -8,6 +8,7 @@
 //! f32, bf16 or f16 are widened to f32.
 
 use crate::model::config::ModelConfig;
+use crate::model::random::splitmix64;
 use crate::{DType, Error, HostTensor, Result};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 use serde_json::Value;
@@ -173,6 +174,100 @@ pub fn load_adapter(
         targets: opts.targets,
         layers,
     })
+}
+
+/// A random adapter of rank `rank` on `targets` (every layer), fixed by
+/// `seed`: `A` and `B` uniform, sized so the update moves a projection's
+/// output by about half its input's scale (enough to change greedy tokens,
+/// not enough to break the model). For tests and `bench throughput --lora-mix`.
+pub fn random_adapter(
+    name: &str,
+    cfg: &ModelConfig,
+    rank: usize,
+    targets: &[Target],
+    seed: u64,
+) -> LoraAdapter {
+    let mut state = splitmix64(seed ^ 0x10a_a11c_e5ee_d5);
+    let mut uniform = |n: usize, half_width: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state = splitmix64(state);
+                let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+                (2.0 * unit - 1.0) * half_width
+            })
+            .collect()
+    };
+    let mut targets = targets.to_vec();
+    targets.sort();
+    targets.dedup();
+    let mut layers = BTreeMap::new();
+    for l in 0..cfg.num_layers {
+        for &t in &targets {
+            let (input, output) = t.dims(cfg);
+            let a = uniform(rank * input, (3.0 / input as f32).sqrt());
+            let b = uniform(output * rank, 0.5 * (3.0 / rank as f32).sqrt());
+            layers.insert(
+                (l, t),
+                LoraLayer {
+                    a: HostTensor::f32(vec![rank, input], a),
+                    b: HostTensor::f32(vec![output, rank], b),
+                },
+            );
+        }
+    }
+    LoraAdapter {
+        name: name.to_string(),
+        rank,
+        alpha: rank as f32,
+        scaling: 1.0,
+        targets,
+        layers,
+    }
+}
+
+/// Writes `adapter` as a PEFT folder (`adapter_config.json` and f32
+/// `adapter_model.safetensors`) that `load_adapter` and PEFT both read.
+pub fn save_adapter(adapter: &LoraAdapter, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let modules: Vec<&str> = adapter.targets.iter().map(|t| t.module_name()).collect();
+    // With alpha = scaling * r the adapter reloads with the same scaling.
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": adapter.rank,
+        "lora_alpha": adapter.scaling * adapter.rank as f32,
+        "use_rslora": false,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_dora": false,
+    });
+    let mut tensors = Vec::new();
+    for (&(l, t), pair) in &adapter.layers {
+        for (half, x) in [("A", &pair.a), ("B", &pair.b)] {
+            let name = format!(
+                "{NAME_PREFIX}{l}.{}.{}.lora_{half}.weight",
+                t.parent(),
+                t.module_name()
+            );
+            let bytes: Vec<u8> = x.to_f32_vec().iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((name, x.shape.clone(), bytes));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(StDtype::F32, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid(format!("adapter {}: {e}", adapter.name)))?;
+    let data = safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::invalid(format!("adapter {}: {e}", adapter.name)))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    std::fs::write(&weights, data).map_err(|e| Error::io(&weights, e))?;
+    let path = dir.join(CONFIG_FILE);
+    std::fs::write(&path, config.to_string()).map_err(|e| Error::io(&path, e))
 }
 
 /// True when a config key is absent, null, false, an empty list / object / string.
@@ -659,6 +754,27 @@ mod tests {
         let mut t = good_tensors();
         f(&mut t);
         write_adapter(tag, &good_config(), &t)
+    }
+
+    #[test]
+    fn lora_random_adapter_saves_and_loads_back() {
+        let cfg = base_cfg();
+        let made = random_adapter("r", &cfg, 3, &[Target::V, Target::Down, Target::V], 9);
+        assert_eq!(made.targets, vec![Target::V, Target::Down]);
+        assert_eq!(made.layers.len(), 2 * cfg.num_layers);
+        let d = TempDir::new("roundtrip");
+        save_adapter(&made, &d.0).unwrap();
+        let back = load_adapter("r", &d.0, &cfg, 8).unwrap();
+        assert_eq!((back.rank, back.scaling, &back.targets), (3, 1.0, &made.targets));
+        for (key, pair) in &made.layers {
+            let got = &back.layers[key];
+            assert_eq!(got.a.to_f32_vec(), pair.a.to_f32_vec());
+            assert_eq!(got.b.to_f32_vec(), pair.b.to_f32_vec());
+        }
+        // Another seed is another adapter.
+        let other = random_adapter("r", &cfg, 3, &[Target::V], 10);
+        let key = (0, Target::V);
+        assert_ne!(other.layers[&key].a.to_f32_vec(), made.layers[&key].a.to_f32_vec());
     }
 
     #[test]
