@@ -8,8 +8,9 @@
 //! 2. **models** (`models.rs`): whole models against Hugging Face transformers'
 //!    golden logits and greedy tokens (fixtures made by `oracle/make_fixtures.py`);
 //!    with a peer device, random-weight models of real shapes against it (`peer.rs`).
-//! 3. **engine** (`invariants.rs`): batching, chunking, prefix caching,
-//!    preemption and seeds never change what a request gets.
+//! 3. **engine** (`invariants.rs`, `lora_engine.rs`): batching, chunking,
+//!    prefix caching, preemption, seeds and LoRA slot juggling never change
+//!    what a request gets.
 //!
 //! `perf.rs` times the op grid, `support.rs` lists native ops, and
 //! `backend_suite!` turns the whole suite into a backend crate's cargo tests.
@@ -18,6 +19,7 @@ mod golden;
 mod harness;
 pub mod invariants;
 pub mod lora;
+pub mod lora_engine;
 pub mod models;
 pub mod ops;
 mod peer;

@@ -78,7 +78,12 @@ pub fn run_on(device: &str, dev: &Arc<dyn Device>, opts: &Options) -> Result<Rep
                     checks.extend(crate::peer::check(dev, peer));
                 }
             }
-            Layer::Engine => checks.extend(invariants::check(dev)),
+            Layer::Engine => {
+                checks.extend(invariants::check(dev));
+                if crate::lora::supported(dev.as_ref()) {
+                    checks.extend(crate::lora_engine::check(dev));
+                }
+            }
         }
     }
     Ok(Report {
