@@ -326,16 +326,16 @@ fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
         .expect("runtime");
     rt.block_on(async {
         let mut a = handle
-            .submit("a", prompt(7, 6), greedy(10), 0)
+            .submit("a", prompt(7, 6), greedy(10), 0, None)
             .await
             .expect("submit a");
         // A 200-token request, so it is surely still running when its id comes
         // again (a 10-token one can finish first on a fast machine).
         let long = handle
-            .submit("long", prompt(9, 6), greedy(200), 0)
+            .submit("long", prompt(9, 6), greedy(200), 0, None)
             .await
             .expect("submit long");
-        let dup = handle.submit("long", prompt(9, 6), greedy(10), 0).await;
+        let dup = handle.submit("long", prompt(9, 6), greedy(10), 0, None).await;
         assert!(
             matches!(dup, Err(Error::Request(_))),
             "duplicate id must be refused"
@@ -343,7 +343,7 @@ fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
         drop(long);
         // A client that goes away: its request is aborted, the others go on.
         let gone = handle
-            .submit("gone", prompt(8, 6), greedy(200), 0)
+            .submit("gone", prompt(8, 6), greedy(200), 0, None)
             .await
             .expect("submit");
         drop(gone);
@@ -358,7 +358,7 @@ fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
         }
         assert_eq!(tokens, want);
         assert_eq!(finish, Some(FinishReason::Length));
-        let bad = handle.submit("bad", vec![], greedy(1), 0).await;
+        let bad = handle.submit("bad", vec![], greedy(1), 0, None).await;
         assert!(matches!(bad, Err(Error::Request(_))));
     });
     handle.shutdown();

@@ -5,7 +5,8 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tessera_core::engine::kv_cache::{build_runner, KvBudget};
-use tessera_core::engine::{DeviceModel, Engine, EngineConfig, SamplingParams};
+use tessera_core::engine::{DeviceModel, Engine, EngineConfig, LoraConfig, SamplingParams};
+use tessera_core::model::llama::LoraShape;
 use tessera_core::model::random::splitmix64;
 
 #[derive(clap::Args)]
@@ -42,6 +43,18 @@ pub struct EngineArgs {
     pub max_model_len: Option<usize>,
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Serve LoRA adapters (implied by --lora, --allow-runtime-lora and --lora-mix).
+    #[arg(long)]
+    pub enable_lora: bool,
+    /// Adapter slots on the device: the most distinct adapters in one step.
+    #[arg(long, default_value_t = 4)]
+    pub max_loras: usize,
+    /// Largest adapter rank accepted (every slot is this big).
+    #[arg(long, default_value_t = 64)]
+    pub max_lora_rank: usize,
+    /// Adapters whose weights stay in host memory; others are read from disk again when used.
+    #[arg(long, default_value_t = 16)]
+    pub max_cpu_loras: usize,
 }
 
 impl EngineArgs {
@@ -52,8 +65,21 @@ impl EngineArgs {
                 self.memory_utilization
             );
         }
-        let model = DeviceModel::load(session.device.clone(), &session.source, session.dtype)
+        let mut model = DeviceModel::load(session.device.clone(), &session.source, session.dtype)
             .with_context(|| format!("loading {}", session.source.name))?;
+        let lora = self.enable_lora.then_some(LoraConfig {
+            max_loras: self.max_loras,
+            max_lora_rank: self.max_lora_rank,
+            max_cpu_loras: self.max_cpu_loras,
+        });
+        if let Some(l) = lora {
+            // Before the KV cache takes what memory is left.
+            l.validate()?;
+            model.enable_lora(LoraShape {
+                slots: l.max_loras,
+                rank: l.max_lora_rank,
+            })?;
+        }
         let budget = KvBudget {
             bytes: self.kv_cache_memory,
             memory_utilization: self.memory_utilization,
@@ -79,7 +105,7 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_model_len,
             prefix_caching: !self.no_prefix_caching,
-            lora: None,
+            lora,
         };
         let tokenizer = session
             .source

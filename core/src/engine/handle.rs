@@ -6,8 +6,9 @@ use super::engine::{Engine, RequestOutput};
 use super::sampler::SamplingParams;
 use crate::{Error, Result};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 // `Add` is the common message; boxing it would only add an allocation.
@@ -18,7 +19,18 @@ enum Command {
         prompt: Vec<u32>,
         params: SamplingParams,
         priority: i32,
+        /// The LoRA adapter's name; None for the base model.
+        lora: Option<String>,
         sink: tmpsc::UnboundedSender<RequestOutput>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    LoadLora {
+        name: String,
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    UnloadLora {
+        name: String,
         reply: oneshot::Sender<Result<()>>,
     },
     Abort(String),
@@ -42,7 +54,11 @@ struct Gauges {
     prefix_queries: AtomicU64,
     prefix_hits: AtomicU64,
     preemptions: AtomicU64,
+    lora_loads: AtomicU64,
     alive: AtomicBool,
+    lora_enabled: AtomicBool,
+    /// The adapters served, by name (changes only on load and unload).
+    adapters: Mutex<Vec<String>>,
 }
 
 /// A snapshot of the engine's state.
@@ -55,6 +71,8 @@ pub struct EngineGauges {
     pub prefix_queries: u64,
     pub prefix_hits: u64,
     pub preemptions: u64,
+    /// LoRA adapters written into device slots so far.
+    pub lora_loads: u64,
     /// False once the engine thread has stopped.
     pub alive: bool,
 }
@@ -70,6 +88,13 @@ impl Gauges {
         set(&self.prefix_queries, b.prefix_queries);
         set(&self.prefix_hits, b.prefix_hits);
         set(&self.preemptions, e.preemptions);
+        set(&self.lora_loads, e.lora_loads);
+    }
+
+    fn publish_adapters(&self, e: &Engine) {
+        if let Ok(mut names) = self.adapters.lock() {
+            *names = e.lora_names();
+        }
     }
 }
 
@@ -79,7 +104,11 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let gauges = Arc::new(Gauges::default());
         gauges.publish(&engine);
+        gauges.publish_adapters(&engine);
         gauges.alive.store(true, Ordering::Relaxed);
+        gauges
+            .lora_enabled
+            .store(engine.lora_enabled(), Ordering::Relaxed);
         let published = gauges.clone();
         let thread = std::thread::Builder::new()
             .name("tessera-engine".into())
@@ -103,18 +132,60 @@ impl EngineHandle {
             prefix_queries: get(&g.prefix_queries),
             prefix_hits: get(&g.prefix_hits),
             preemptions: get(&g.preemptions),
+            lora_loads: get(&g.lora_loads),
             alive: g.alive.load(Ordering::Relaxed),
         }
     }
 
-    /// Submits a request; the receiver yields its outputs, the last ones with a
-    /// finish reason (one per sample). Refusals come back here as errors.
+    /// Whether the engine serves LoRA adapters at all.
+    pub fn lora_enabled(&self) -> bool {
+        self.gauges.lora_enabled.load(Ordering::Relaxed)
+    }
+
+    /// The LoRA adapters served now, by name.
+    pub fn lora_names(&self) -> Vec<String> {
+        self.gauges
+            .adapters
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads, checks and starts serving the PEFT adapter in `dir` as `name`.
+    pub async fn load_lora(&self, name: &str, dir: PathBuf) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::LoadLora {
+            name: name.to_string(),
+            dir,
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Stops serving adapter `name` (queued requests with it still finish).
+    pub async fn unload_lora(&self, name: &str) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::UnloadLora {
+            name: name.to_string(),
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.tx.send(cmd).map_err(|_| stopped())
+    }
+
+    /// Submits a request (with LoRA adapter `lora`, or the base model); the
+    /// receiver yields its outputs, the last ones with a finish reason (one
+    /// per sample). Refusals come back here as errors.
     pub async fn submit(
         &self,
         id: &str,
         prompt: Vec<u32>,
         params: SamplingParams,
         priority: i32,
+        lora: Option<&str>,
     ) -> Result<tmpsc::UnboundedReceiver<RequestOutput>> {
         let (sink, stream) = tmpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
@@ -123,15 +194,12 @@ impl EngineHandle {
             prompt,
             params,
             priority,
+            lora: lora.map(str::to_string),
             sink,
             reply,
         };
-        self.tx
-            .send(cmd)
-            .map_err(|_| Error::Request("the engine has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Request("the engine has stopped".into()))??;
+        self.send(cmd)?;
+        answer.await.map_err(|_| stopped())??;
         Ok(stream)
     }
 
@@ -143,6 +211,10 @@ impl EngineHandle {
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
     }
+}
+
+fn stopped() -> Error {
+    Error::Request("the engine has stopped".into())
 }
 
 struct Sink {
@@ -172,15 +244,25 @@ fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, gauges: &Gauges) {
                     prompt,
                     params,
                     priority,
+                    lora,
                     sink,
                     reply,
                 } => {
                     let n = params.n;
-                    let result = engine.add_request(&id, prompt, params, priority);
+                    let result =
+                        engine.add_request_with(&id, prompt, params, priority, lora.as_deref());
                     if result.is_ok() {
                         sinks.insert(id, Sink { tx: sink, open: n });
                     }
                     let _ = reply.send(result);
+                }
+                Command::LoadLora { name, dir, reply } => {
+                    let _ = reply.send(engine.load_lora(&name, &dir));
+                    gauges.publish_adapters(&engine);
+                }
+                Command::UnloadLora { name, reply } => {
+                    let _ = reply.send(engine.unload_lora(&name));
+                    gauges.publish_adapters(&engine);
                 }
                 Command::Abort(id) => {
                     deliver(&mut sinks, engine.abort(&id));

@@ -40,10 +40,18 @@ pub struct Run {
     outputs: BoxStream<'static, (usize, RequestOutput)>,
     timing: Vec<Timing>,
     state: Arc<AppState>,
+    /// The `model` the response names: the adapter's, or the served model's.
+    lora: Option<String>,
 }
 
-/// Submits every job, or none: a refusal drops the ones already queued.
-pub async fn start(state: &Arc<AppState>, api: Api, jobs: Vec<Job>) -> Result<Run, ApiError> {
+/// Submits every job (with LoRA adapter `lora`, or the base model), or none:
+/// a refusal drops the ones already queued.
+pub async fn start(
+    state: &Arc<AppState>,
+    api: Api,
+    jobs: Vec<Job>,
+    lora: Option<String>,
+) -> Result<Run, ApiError> {
     let samples: usize = jobs.iter().map(|j| j.params.n).sum();
     let waiting = state.engine.gauges().waiting as usize;
     if waiting + samples > state.max_waiting {
@@ -68,7 +76,7 @@ pub async fn start(state: &Arc<AppState>, api: Api, jobs: Vec<Job>) -> Result<Ru
         let open = job.params.n;
         let rx = state
             .engine
-            .submit(&format!("{id}-{k}"), job.prompt, job.params, 0)
+            .submit(&format!("{id}-{k}"), job.prompt, job.params, 0, lora.as_deref())
             .await?;
         streams.push(
             UnboundedReceiverStream::new(rx)
@@ -93,6 +101,7 @@ pub async fn start(state: &Arc<AppState>, api: Api, jobs: Vec<Job>) -> Result<Ru
         outputs: select_all(streams).boxed(),
         timing,
         state: state.clone(),
+        lora,
     })
 }
 
@@ -133,7 +142,7 @@ impl Run {
     }
 
     pub fn model(&self) -> &str {
-        &self.state.model_name
+        self.lora.as_deref().unwrap_or(&self.state.model_name)
     }
 
     fn token_text(&self, id: u32) -> String {

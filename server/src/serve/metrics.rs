@@ -153,6 +153,12 @@ impl Metrics {
             "Sequences preempted for lack of KV blocks.",
             g.preemptions,
         );
+        counter(
+            &mut out,
+            "tessera_lora_slot_loads_total",
+            "LoRA adapters written into device slots (first use and after eviction).",
+            g.lora_loads,
+        );
         self.with(|m| {
             counter(&mut out, "tessera_prompt_tokens_total", "Prompt tokens of accepted requests.", m.prompt_tokens);
             counter(&mut out, "tessera_generation_tokens_total", "Tokens generated.", m.generation_tokens);

@@ -1,12 +1,13 @@
 //! `tessera serve`: the OpenAI-compatible HTTP server (axum on tokio) in front
 //! of the engine thread. `routes.rs` has the endpoints, `prompt.rs` and
 //! `params.rs` turn request fields into engine requests, `generation.rs` runs
-//! them and shapes the answers, `metrics.rs` is `/metrics`, `error.rs` the
-//! OpenAI error shape.
+//! them and shapes the answers, `lora.rs` loads and unloads adapters,
+//! `metrics.rs` is `/metrics`, `error.rs` the OpenAI error shape.
 
 mod body;
 mod error;
 mod generation;
+mod lora;
 mod metrics;
 mod params;
 mod prompt;
@@ -60,6 +61,17 @@ pub struct ServeArgs {
     /// buckets before serving (the first requests then wait for them).
     #[arg(long)]
     no_precompile: bool,
+    /// A LoRA adapter served from the start, as NAME=PATH (a PEFT folder);
+    /// repeat for more. Requests pick it with `"model": NAME`.
+    #[arg(long = "lora", value_name = "NAME=PATH")]
+    lora: Vec<String>,
+    /// Enables POST /v1/load_lora_adapter and /v1/unload_lora_adapter; their
+    /// paths must lie inside --lora-dir.
+    #[arg(long)]
+    allow_runtime_lora: bool,
+    /// The folder that adapters loaded at run time must be in.
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Option<std::path::PathBuf>,
 }
 
 /// Compiles the decode buckets of a bucketing backend before the server
@@ -110,6 +122,8 @@ pub struct AppState {
     metrics: metrics::Metrics,
     created: u64,
     next_id: AtomicU64,
+    /// Canonical `--lora-dir` when runtime loading is allowed.
+    lora_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -185,6 +199,8 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/models", get(routes::models))
+        .route("/v1/load_lora_adapter", post(lora::load))
+        .route("/v1/unload_lora_adapter", post(lora::unload))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -219,9 +235,46 @@ async fn signal() {
     }
 }
 
-pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+/// Checks the LoRA flags: the runtime folder (canonical), and the start-up
+/// adapters as (name, folder).
+fn lora_flags(
+    a: &ServeArgs,
+) -> anyhow::Result<(Option<std::path::PathBuf>, Vec<(String, String)>)> {
+    let lora_dir = match (a.allow_runtime_lora, &a.lora_dir) {
+        (false, None) => None,
+        (false, Some(_)) => anyhow::bail!("--lora-dir is used only with --allow-runtime-lora"),
+        (true, None) => anyhow::bail!(
+            "--allow-runtime-lora needs --lora-dir DIR: the folder runtime-loaded adapters must be in"
+        ),
+        (true, Some(d)) => Some(d.canonicalize().with_context(|| {
+            format!("--lora-dir {}: cannot open the folder", d.display())
+        })?),
+    };
+    let mut adapters = vec![];
+    for spec in &a.lora {
+        let Some((name, path)) = spec.split_once('=') else {
+            anyhow::bail!("--lora {spec:?}: write it as NAME=PATH (PATH: a PEFT adapter folder)");
+        };
+        adapters.push((name.to_string(), path.to_string()));
+    }
+    Ok((lora_dir, adapters))
+}
+
+pub fn run(mut a: ServeArgs) -> anyhow::Result<()> {
+    let (lora_dir, adapters) = lora_flags(&a)?;
+    a.engine.enable_lora |= a.allow_runtime_lora || !adapters.is_empty();
     let mut session = Session::open(&a.model)?;
     let mut engine = a.engine.build(&session)?;
+    let served_name = a
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| session.source.name.clone());
+    for (name, path) in &adapters {
+        lora::check_name(name, &served_name).map_err(|m| anyhow::anyhow!("--lora: {m}"))?;
+        engine
+            .load_lora(name, std::path::Path::new(path))
+            .with_context(|| format!("--lora {name}={path}"))?;
+    }
     let blocks = engine.block_stats().num_blocks;
     // A request as long as the model's context must fit the KV cache, or
     // every long default-length chat would be refused: serve what fits.
@@ -238,10 +291,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         precompile(&mut engine, session.block_size)?;
     }
     let vocab = session.source.config.vocab_size;
-    let model_name = a
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| session.source.name.clone());
+    let model_name = served_name;
     let device = session.device.name();
     let (handle, engine_thread) = EngineHandle::spawn(engine)?;
     let state = Arc::new(AppState {
@@ -256,6 +306,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics::Metrics::default(),
         created: unix_time(),
         next_id: AtomicU64::new(0),
+        lora_dir,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

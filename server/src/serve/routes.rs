@@ -19,25 +19,34 @@ use tokio_stream::StreamExt;
 
 type S = State<Arc<AppState>>;
 
-/// Checks the `model` field: absent means the served model.
-fn check_model(s: &AppState, b: &Body) -> Result<(), ApiError> {
+/// Checks the `model` field: absent or the served model's name means the
+/// base model; a loaded adapter's name means that adapter (returned).
+fn check_model(s: &AppState, b: &Body) -> Result<Option<String>, ApiError> {
     match b.string("model")? {
-        None => Ok(()),
-        Some(m) if m == s.model_name => Ok(()),
-        Some(m) => Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "model {m:?} does not exist; this server serves {:?}",
-                s.model_name
-            ),
-            param: Some("model".into()),
-        }),
+        None => Ok(None),
+        Some(m) if m == s.model_name => Ok(None),
+        Some(m) => {
+            let adapters = s.engine.lora_names();
+            if adapters.iter().any(|a| a == m) {
+                return Ok(Some(m.to_string()));
+            }
+            let mut served = vec![format!("{:?}", s.model_name)];
+            served.extend(adapters.iter().map(|a| format!("{a:?}")));
+            Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "model {m:?} does not exist; this server serves {}",
+                    served.join(", ")
+                ),
+                param: Some("model".into()),
+            })
+        }
     }
 }
 
 async fn generate(s: Arc<AppState>, api: Api, bytes: Bytes) -> Result<Response, ApiError> {
     let b = Body::parse(&bytes)?;
-    check_model(&s, &b)?;
+    let lora = check_model(&s, &b)?;
     let delivery = params::delivery(&b)?;
     let prompts = match api {
         Api::Completions => prompt::completion_prompts(&s, &b)?,
@@ -52,7 +61,7 @@ async fn generate(s: Arc<AppState>, api: Api, bytes: Bytes) -> Result<Response, 
             params: sampling.clone(),
         })
         .collect();
-    let run = generation::start(&s, api, jobs).await?;
+    let run = generation::start(&s, api, jobs, lora).await?;
     if !delivery.stream {
         return Ok(Json(generation::collect(run).await?).into_response());
     }
@@ -71,18 +80,29 @@ pub async fn chat(State(s): S, bytes: Bytes) -> Result<Response, ApiError> {
     generate(s, Api::Chat, bytes).await
 }
 
+/// The base model, then each LoRA adapter (its `parent` is the base model).
 pub async fn models(State(s): S) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.model_name,
+    let mut data = vec![json!({
+        "id": s.model_name,
+        "object": "model",
+        "created": s.created,
+        "owned_by": "tessera",
+        "root": s.model_name,
+        "parent": null,
+        "max_model_len": s.max_model_len,
+    })];
+    for name in s.engine.lora_names() {
+        data.push(json!({
+            "id": name,
             "object": "model",
             "created": s.created,
             "owned_by": "tessera",
-            "root": s.model_name,
+            "root": name,
+            "parent": s.model_name,
             "max_model_len": s.max_model_len,
-        }]
-    }))
+        }));
+    }
+    Json(json!({"object": "list", "data": data}))
 }
 
 pub async fn health(State(s): S) -> Response {
