@@ -11,6 +11,8 @@
 //!   `a` again: the second `a` was written back from disk and matches the first.
 //! * 8 adapters on 2 slots: sixteen requests over eight adapters plus the base
 //!   model, in a small step budget; every one completes with its alone tokens.
+//! * rank growth: a rank-16 adapter widens slots laid out for rank 8 (on
+//!   devices that grow them); `a`, already in a slot, answers as before.
 
 use crate::golden::fixtures_dir;
 use crate::harness::{block_size, runner_on};
@@ -128,6 +130,47 @@ fn slots(max_loras: usize, max_cpu_loras: usize) -> LoraConfig {
         max_lora_rank: 8,
         max_cpu_loras,
     }
+}
+
+fn rank_growth(s: &Setup) -> Result<Check> {
+    let params = greedy(10);
+    let wide = random_adapter("wide", &s.src.config, 16, &Target::ALL, 77);
+    let folder = s.scratch.join("wide");
+    save_adapter(&wide, &folder)?;
+    let config = LoraConfig {
+        max_loras: 2,
+        max_lora_rank: 32,
+        max_cpu_loras: 2,
+    };
+    let fresh = |r: &Request| -> Result<Outputs> {
+        let mut e = s.engine(config, 64)?;
+        e.load_lora("wide", &folder)?;
+        run(&mut e, std::slice::from_ref(r), &params)
+    };
+    let a = request("a", 6, 13, Some("a"));
+    let w = request("wide", 6, 13, Some("wide"));
+    let mut want = fresh(&a)?;
+    want.extend(fresh(&w)?);
+    let mut e = s.engine(config, 64)?;
+    e.load_lora("wide", &folder)?;
+    let before = run(&mut e, std::slice::from_ref(&a), &params)?;
+    let mut got = run(&mut e, std::slice::from_ref(&w), &params)?;
+    got.extend(run(&mut e, std::slice::from_ref(&a), &params)?);
+    let rank = e.runner.model.lora.map_or(0, |l| l.rank);
+    let c = same(
+        "lora rank growth = fresh",
+        s.dtype,
+        &want,
+        &got,
+        &format!("slots at rank {rank} after the rank-16 adapter"),
+    );
+    Ok(if before.get("a") != want.get("a") {
+        c.fail("a differs before the growth")
+    } else if rank < 16 {
+        c.fail(format!("the slots stayed at rank {rank}"))
+    } else {
+        c
+    })
 }
 
 /// Runs every request to its end; tokens by request id.
@@ -298,6 +341,10 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
     match many_adapters(&setup) {
         Ok(r) => rows.push(r),
         Err(e) => rows.push(failed("lora 8 adapters on 2 slots", setup.dtype, e)),
+    }
+    match rank_growth(&setup) {
+        Ok(r) => rows.push(r),
+        Err(e) => rows.push(failed("lora rank growth = fresh", setup.dtype, e)),
     }
     rows
 }

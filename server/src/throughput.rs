@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tessera_core::engine::kv_cache::{build_runner, KvBudget};
 use tessera_core::engine::{DeviceModel, Engine, EngineConfig, LoraConfig, SamplingParams};
 use tessera_core::model::llama::LoraShape;
+use tessera_core::model::lora::{random_adapter, Target};
 use tessera_core::model::random::splitmix64;
 
 #[derive(clap::Args)]
@@ -21,6 +22,13 @@ pub struct ThroughputArgs {
     output_len: usize,
     #[command(flatten)]
     engine: EngineArgs,
+    /// Also run the same requests spread over K random LoRA adapters (request
+    /// i uses adapter i mod K) and print both runs side by side. 0: base only.
+    #[arg(long, default_value_t = 0)]
+    lora_mix: usize,
+    /// Rank of the --lora-mix adapters (they target all seven projections).
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results/throughput.json")]
     json: PathBuf,
@@ -143,7 +151,92 @@ pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
         anyhow::bail!("--num-prompts, --input-len and --output-len must be positive");
     }
     let session = Session::open(&a.model)?;
-    let mut engine = a.engine.build(&session)?;
+    println!(
+        "{} prompts x ({} in, {} out) on {} with max {} seqs / {} batched tokens",
+        a.num_prompts,
+        a.input_len,
+        a.output_len,
+        session.device.name(),
+        a.engine.max_num_seqs,
+        a.engine.max_num_batched_tokens
+    );
+    if a.lora_mix == 0 {
+        let mut engine = a.engine.build(&session)?;
+        let report = measure(&mut engine, &a, &session, &[])?;
+        print_table(&[("value", &report)]);
+        return write_json(&a.json, &report);
+    }
+    if a.lora_rank == 0 || a.lora_rank > a.engine.max_lora_rank {
+        anyhow::bail!(
+            "--lora-rank {} must be between 1 and --max-lora-rank {}",
+            a.lora_rank,
+            a.engine.max_lora_rank
+        );
+    }
+    // The same requests twice, one engine at a time: the base model alone,
+    // then spread over K adapters.
+    let base = {
+        let mut engine = a.engine.build(&session)?;
+        measure(&mut engine, &a, &session, &[])?
+    };
+    let mut args = a.engine.clone();
+    args.enable_lora = true;
+    let mut engine = args.build(&session)?;
+    let mut names = vec![];
+    for k in 0..a.lora_mix {
+        let name = format!("bench-lora-{k}");
+        let adapter = random_adapter(
+            &name,
+            &session.source.config,
+            a.lora_rank,
+            &Target::ALL,
+            k as u64,
+        );
+        engine.add_lora(adapter)?;
+        names.push(name);
+    }
+    let mixed = measure(&mut engine, &a, &session, &names)?;
+    let ratio = mixed.output_tokens_per_s / base.output_tokens_per_s.max(1e-12);
+    let label = format!("{} adapters", a.lora_mix);
+    print_table(&[("base only", &base), (label.as_str(), &mixed)]);
+    println!(
+        "{:<34} {:>12.1}%   (rank {}, {} slots, {} slot writes)",
+        "LoRA output tokens/s vs base",
+        100.0 * ratio,
+        a.lora_rank,
+        a.engine.max_loras,
+        engine.lora_loads
+    );
+    let report = LoraMixReport {
+        lora_mix: a.lora_mix,
+        lora_rank: a.lora_rank,
+        max_loras: a.engine.max_loras,
+        output_tokens_per_s_ratio: ratio,
+        base,
+        lora: mixed,
+    };
+    write_json(&a.json, &report)
+}
+
+#[derive(serde::Serialize)]
+struct LoraMixReport {
+    lora_mix: usize,
+    lora_rank: usize,
+    max_loras: usize,
+    /// LoRA-mix output tokens/s over base-only output tokens/s.
+    output_tokens_per_s_ratio: f64,
+    base: Report,
+    lora: Report,
+}
+
+/// Runs `a.num_prompts` random requests to the end; request i uses
+/// adapter `adapters[i % len]` (none when `adapters` is empty).
+fn measure(
+    engine: &mut Engine,
+    a: &ThroughputArgs,
+    session: &Session,
+    adapters: &[String],
+) -> anyhow::Result<Report> {
     let kv = &engine.runner.kv;
     println!(
         "KV cache: {} blocks x {} tokens = {} tokens, {:.1} MB ({})",
@@ -165,12 +258,14 @@ pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
             seed: i as u64,
             ..Default::default()
         };
-        engine.add_request(&format!("bench-{i}"), prompt, params, 0)?;
+        let lora = (!adapters.is_empty()).then(|| adapters[i % adapters.len()].as_str());
+        engine.add_request_with(&format!("bench-{i}"), prompt, params, 0, lora)?;
     }
     let start = Instant::now();
     let mut step_ms = vec![];
     let mut output_tokens = 0usize;
     let (mut full_total, mut full_over) = (Duration::ZERO, Duration::ZERO);
+    let times_before = engine.times;
     while engine.has_work() {
         let before = engine.times;
         let running = engine.num_running();
@@ -188,14 +283,20 @@ pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let times = engine.times;
-    let total = times.schedule + times.execute + times.postprocess;
+    let t = engine.times;
+    let (steps, schedule, execute, postprocess) = (
+        t.steps - times_before.steps,
+        t.schedule - times_before.schedule,
+        t.execute - times_before.execute,
+        t.postprocess - times_before.postprocess,
+    );
+    let total = schedule + execute + postprocess;
     step_ms.sort_by(|x, y| x.total_cmp(y));
     let p99 = step_ms
         .get(((step_ms.len() as f64 * 0.99) as usize).min(step_ms.len().saturating_sub(1)))
         .copied()
         .unwrap_or(0.0);
-    let report = Report {
+    Ok(Report {
         model: a.model.model.clone(),
         device: session.device.name(),
         num_prompts: a.num_prompts,
@@ -207,45 +308,57 @@ pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
         requests_per_s: a.num_prompts as f64 / elapsed,
         output_tokens_per_s: output_tokens as f64 / elapsed,
         total_tokens_per_s: (output_tokens + a.num_prompts * a.input_len) as f64 / elapsed,
-        steps: times.steps,
+        steps,
         mean_step_ms: step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64,
         p99_step_ms: p99,
-        overhead_share: (times.schedule + times.postprocess).as_secs_f64()
-            / total.as_secs_f64().max(1e-12),
+        overhead_share: (schedule + postprocess).as_secs_f64() / total.as_secs_f64().max(1e-12),
         overhead_share_full_batch: (full_total > Duration::ZERO)
             .then(|| full_over.as_secs_f64() / full_total.as_secs_f64()),
-    };
-    println!(
-        "{} prompts x ({} in, {} out) on {} with max {} seqs / {} batched tokens",
-        a.num_prompts,
-        a.input_len,
-        a.output_len,
-        report.device,
-        report.max_num_seqs,
-        report.max_num_batched_tokens
-    );
-    println!("{:<34} {:>12}", "metric", "value");
-    let rows = [
-        ("elapsed (s)", report.elapsed_s),
-        ("requests/s", report.requests_per_s),
-        ("output tokens/s", report.output_tokens_per_s),
-        ("total tokens/s", report.total_tokens_per_s),
-        ("steps", report.steps as f64),
-        ("mean step (ms)", report.mean_step_ms),
-        ("p99 step (ms)", report.p99_step_ms),
-        ("scheduler+sampler share (%)", 100.0 * report.overhead_share),
+    })
+}
+
+/// One column per run.
+fn print_table(runs: &[(&str, &Report)]) {
+    print!("{:<34}", "metric");
+    for (name, _) in runs {
+        print!(" {name:>12}");
+    }
+    println!();
+    let rows: [(&str, fn(&Report) -> Option<f64>); 9] = [
+        ("elapsed (s)", |r| Some(r.elapsed_s)),
+        ("requests/s", |r| Some(r.requests_per_s)),
+        ("output tokens/s", |r| Some(r.output_tokens_per_s)),
+        ("total tokens/s", |r| Some(r.total_tokens_per_s)),
+        ("steps", |r| Some(r.steps as f64)),
+        ("mean step (ms)", |r| Some(r.mean_step_ms)),
+        ("p99 step (ms)", |r| Some(r.p99_step_ms)),
+        ("scheduler+sampler share (%)", |r| Some(100.0 * r.overhead_share)),
+        ("  at a full batch (%)", |r| {
+            r.overhead_share_full_batch.map(|s| 100.0 * s)
+        }),
     ];
-    for (k, v) in rows {
-        println!("{k:<34} {v:>12.2}");
+    for (label, get) in rows {
+        let values: Vec<Option<f64>> = runs.iter().map(|(_, r)| get(r)).collect();
+        if values.iter().all(Option::is_none) {
+            continue;
+        }
+        print!("{label:<34}");
+        for v in values {
+            match v {
+                Some(v) => print!(" {v:>12.2}"),
+                None => print!(" {:>12}", "-"),
+            }
+        }
+        println!();
     }
-    if let Some(s) = report.overhead_share_full_batch {
-        println!("{:<34} {:>12.2}", "  at a full batch (%)", 100.0 * s);
-    }
-    if let Some(dir) = a.json.parent().filter(|p| !p.as_os_str().is_empty()) {
+}
+
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", a.json.display()))?;
-    println!("wrote {}", a.json.display());
+    std::fs::write(path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }

@@ -15,9 +15,16 @@ pub struct DeviceModel {
     pub device: Arc<dyn Device>,
     pub weights: WeightMap,
     pub weight_bytes: usize,
-    /// LoRA slots compiled into every step, once `enable_lora` made them.
+    /// LoRA slots compiled into every step, once `enable_lora` made them:
+    /// their number and the rank the steps use now (see `grow_lora_rank`).
     pub lora: Option<LoraShape>,
+    /// The slots and rank the stacks' memory was sized for.
+    pub lora_capacity: Option<LoraShape>,
 }
+
+/// The smallest rank LoRA steps run at; adapters of higher rank grow it in
+/// powers of two up to the slots' capacity.
+const FIRST_LORA_RANK: usize = 8;
 
 impl DeviceModel {
     /// Uploads every weight of `src` converted to `weight_dtype`, one tensor at a time.
@@ -100,26 +107,116 @@ impl DeviceModel {
             weights,
             weight_bytes,
             lora: None,
+            lora_capacity: None,
         })
     }
 
     /// Makes `shape.slots` empty adapter slots of rank up to `shape.rank` on
     /// every projection (zeros: a slot without an adapter changes nothing).
     /// Steps compiled after this take a per-token slot input.
+    ///
+    /// The LoRA ops cost in proportion to the rank the stacks are laid out
+    /// with, and most adapters are far below `--max-lora-rank`: so on devices
+    /// that run any shape (`exact_shapes`) the steps start at rank 8 and
+    /// `grow_lora_rank` widens them when a bigger adapter arrives. Devices
+    /// that compile per shape bucket start at the full rank instead (one
+    /// compile of each bucket, never a second).
     pub fn enable_lora(&mut self, shape: LoraShape) -> Result<()> {
         if shape.slots == 0 || shape.rank == 0 {
             return Err(Error::invalid(
                 "LoRA needs at least one slot of rank 1 or more",
             ));
         }
-        for (name, dims, dtype) in lora_specs(&self.config, self.dtypes, shape) {
+        let start = if self.device.capabilities().exact_shapes {
+            shape.rank.min(FIRST_LORA_RANK)
+        } else {
+            shape.rank
+        };
+        let used = LoraShape {
+            slots: shape.slots,
+            rank: start,
+        };
+        let full = lora_specs(&self.config, self.dtypes, shape);
+        for ((name, dims, dtype), (_, used_dims, _)) in
+            full.into_iter().zip(lora_specs(&self.config, self.dtypes, used))
+        {
             let bytes = dims.iter().product::<usize>() * dtype.size();
             let buf = self.device.alloc(bytes)?;
             self.device.upload(&buf, 0, &vec![0u8; bytes])?;
-            self.weights.insert(name, Tensor::new(buf, 0, dtype, dims)?);
+            self.weights
+                .insert(name, Tensor::new(buf, 0, dtype, used_dims)?);
         }
-        self.lora = Some(shape);
+        self.lora = Some(used);
+        self.lora_capacity = Some(shape);
         Ok(())
+    }
+
+    /// Widens the slots to hold an adapter of rank `rank`: the next power of
+    /// two, at most the capacity. Every stack is rewritten in the wider
+    /// layout in place (A gains zero rows, B zero columns, per slot), so the
+    /// adapters already in slots stay as they are. Returns whether the
+    /// layout changed: steps compiled before must then be dropped.
+    pub fn grow_lora_rank(&mut self, rank: usize) -> Result<bool> {
+        let (Some(used), Some(cap)) = (self.lora, self.lora_capacity) else {
+            return Err(Error::invalid("LoRA slots were not enabled on this model"));
+        };
+        if rank <= used.rank {
+            return Ok(false);
+        }
+        if rank > cap.rank {
+            return Err(Error::Request(format!(
+                "an adapter of rank {rank} does not fit slots of rank {} (raise --max-lora-rank)",
+                cap.rank
+            )));
+        }
+        let new = rank.next_power_of_two().min(cap.rank);
+        let (old_r, slots) = (used.rank, used.slots);
+        for l in 0..self.config.num_layers {
+            for target in Target::ALL {
+                let (input, output) = target.dims(&self.config);
+                // A [slots, r, in]: rows of a slot stay rows; B [slots, out, r]:
+                // each output row gains zero columns.
+                for (half, rows, cols_old, cols_new, widen_rows) in [
+                    ("a", input, old_r, new, true),
+                    ("b", output, old_r, new, false),
+                ] {
+                    let name = lora_name(l, target, half);
+                    let t = self
+                        .weights
+                        .get(&name)
+                        .ok_or_else(|| Error::invalid(format!("no LoRA stack {name}")))?
+                        .clone();
+                    let size = t.dtype.size();
+                    let mut old = vec![0u8; t.nbytes()];
+                    self.device.download(&t.buffer, t.offset, &mut old)?;
+                    let (dims, bytes) = if widen_rows {
+                        // [slots, old_r, in] -> [slots, new, in]
+                        let per_old = cols_old * rows * size;
+                        let per_new = cols_new * rows * size;
+                        let mut out = vec![0u8; slots * per_new];
+                        for s in 0..slots {
+                            out[s * per_new..s * per_new + per_old]
+                                .copy_from_slice(&old[s * per_old..(s + 1) * per_old]);
+                        }
+                        (vec![slots, new, rows], out)
+                    } else {
+                        // [slots, out, old_r] -> [slots, out, new]
+                        let (ro, rn) = (cols_old * size, cols_new * size);
+                        let mut out = vec![0u8; slots * rows * rn];
+                        for row in 0..slots * rows {
+                            out[row * rn..row * rn + ro]
+                                .copy_from_slice(&old[row * ro..(row + 1) * ro]);
+                        }
+                        (vec![slots, rows, new], out)
+                    };
+                    self.device.upload(&t.buffer, t.offset, &bytes)?;
+                    self.weights
+                        .insert(name, Tensor::new(t.buffer.clone(), t.offset, t.dtype, dims)?);
+                }
+            }
+        }
+        self.lora = Some(LoraShape { slots, rank: new });
+        Ok(true)
     }
 
     /// Writes `adapter` into slot `slot`: each target's `A` (rank rows, the
@@ -129,7 +226,8 @@ impl DeviceModel {
         let shape = self.lora_slot_check(slot)?;
         if adapter.rank > shape.rank {
             return Err(Error::Request(format!(
-                "adapter {} has rank {}, the slots hold rank {} at most (raise --max-lora-rank)",
+                "adapter {} has rank {}, the slots are laid out for rank {} now (grow_lora_rank \
+                 first; the most is --max-lora-rank)",
                 adapter.name, adapter.rank, shape.rank
             )));
         }

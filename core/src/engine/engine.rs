@@ -125,7 +125,7 @@ impl Engine {
                     slots: lc.max_loras,
                     rank: lc.max_lora_rank,
                 };
-                match runner.model.lora {
+                match runner.model.lora_capacity {
                     None => runner.model.enable_lora(want)?,
                     Some(have) if have != want => {
                         return Err(Error::invalid(format!(
@@ -416,9 +416,13 @@ impl Engine {
             let Some(m) = self.lora.as_mut() else {
                 break;
             };
-            let written = m
-                .weights(adapter)
-                .and_then(|w| self.runner.model.load_lora_slot(slot, &w));
+            let runner = &mut self.runner;
+            let written = m.weights(adapter).and_then(|w| {
+                if runner.model.grow_lora_rank(w.rank)? {
+                    runner.clear_executables();
+                }
+                runner.model.load_lora_slot(slot, &w)
+            });
             if written.is_ok() {
                 self.lora_loads += 1;
                 continue;

@@ -91,6 +91,12 @@ impl Runner {
         Ok(())
     }
 
+    /// Drops every compiled step (the weights' layout changed, as when the
+    /// LoRA slots grow to a higher rank); the next steps compile again.
+    pub fn clear_executables(&mut self) {
+        self.executables.clear();
+    }
+
     fn executable(&mut self, shape: StepShape) -> Result<&mut Box<dyn Executable>> {
         if let Some(i) = self.executables.iter().position(|(s, _)| *s == shape) {
             let entry = self
