@@ -1,9 +1,9 @@
 //! LoRA's two halves with one adapter slot per token. Tokens are grouped by
-//! slot and each group runs through the ordinary matmul against its slot's
-//! matrix, so a batch of several adapters costs one small GEMM per adapter
-//! (the CPU form of a gather-GEMM); tokens without a slot get nothing.
+//! slot and each group runs through the f32-FMA matmul kernels against its
+//! slot's matrix, so a batch of several adapters costs one small GEMM per
+//! adapter (the CPU form of a gather-GEMM); tokens without a slot get nothing.
 
-use crate::matmul::{matmul, WeightRows};
+use crate::matmul::{matmul_with, WeightRows};
 
 /// Slot `s` of a `[slots, rows, cols]` stack, as `[rows, cols]` weight rows.
 fn slot<'a>(stack: &WeightRows<'a>, s: usize, size: usize) -> WeightRows<'a> {
@@ -46,7 +46,11 @@ pub fn apply(
         result.clear();
         result.resize(tokens.len() * rows, 0.0);
         let m = slot(&stack, s, rows * cols);
-        matmul(&gathered, tokens.len(), cols, m, rows, None, &mut result);
+        // The f32-FMA kernels widen bf16 in registers. The vdpbf16ps path of
+        // `matmul` first rounds all of `x` to bf16, single-threaded, which
+        // costs more than the whole product when one side is a LoRA rank
+        // (shrink: n = rank; expand: k = rank): measured 2-5x slower here.
+        matmul_with(crate::simd::level(), &gathered, tokens.len(), cols, m, rows, None, &mut result);
         for (j, &t) in tokens.iter().enumerate() {
             let dst = &mut out[t * rows..(t + 1) * rows];
             let src = &result[j * rows..(j + 1) * rows];
@@ -58,3 +62,4 @@ pub fn apply(
         }
     }
 }
+
