@@ -187,7 +187,10 @@ fn run(e: &mut Engine, reqs: &[Request], params: &SamplingParams) -> Result<Outp
         }
         for o in e.step()? {
             if let Some(tessera_core::engine::FinishReason::Error(m)) = &o.finish_reason {
-                return Err(Error::invalid(format!("request {} failed: {m}", o.request_id)));
+                return Err(Error::invalid(format!(
+                    "request {} failed: {m}",
+                    o.request_id
+                )));
             }
             out.entry(o.request_id.clone())
                 .or_default()
@@ -211,7 +214,14 @@ fn same(name: &str, dtype: DType, want: &Outputs, got: &Outputs, note: &str) -> 
         .map(|(id, _)| id)
         .collect();
     wrong.sort();
-    let c = Check::measured(Layer::Engine, name, dtype.name(), GROUP, wrong.len() as f64, 0.0);
+    let c = Check::measured(
+        Layer::Engine,
+        name,
+        dtype.name(),
+        GROUP,
+        wrong.len() as f64,
+        0.0,
+    );
     if wrong.is_empty() {
         c.note(format!("{} requests identical; {note}", want.len()))
     } else {
@@ -257,7 +267,10 @@ fn mixed_batch(s: &Setup) -> Result<Vec<Check>> {
     let mut e = s.engine(slots(2, 2), 64)?;
     let mut got = run(&mut e, &reqs[1..2], &params)?;
     got.extend(run(&mut e, &reqs[..1], &params)?);
-    let want: Outputs = want.into_iter().filter(|(k, _)| k == "a" || k == "base").collect();
+    let want: Outputs = want
+        .into_iter()
+        .filter(|(k, _)| k == "a" || k == "base")
+        .collect();
     rows.push(same(
         "lora prefix cache per adapter",
         s.dtype,
@@ -301,7 +314,12 @@ fn many_adapters(s: &Setup) -> Result<Check> {
     for (i, (name, _)) in s.adapters.iter().enumerate() {
         for k in 0..2u64 {
             let seed = 10 + 2 * i as u64 + k;
-            reqs.push(request(&format!("{name}-{k}"), seed, 3 + (seed as usize * 5) % 13, Some(name)));
+            reqs.push(request(
+                &format!("{name}-{k}"),
+                seed,
+                3 + (seed as usize * 5) % 13,
+                Some(name),
+            ));
         }
     }
     reqs.push(request("base-0", 40, 7, None));
@@ -350,5 +368,12 @@ pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
 }
 
 fn failed(name: &str, dtype: DType, e: Error) -> Check {
-    Check::verdict(Layer::Engine, name, dtype.name(), GROUP, false, format!("error: {e}"))
+    Check::verdict(
+        Layer::Engine,
+        name,
+        dtype.name(),
+        GROUP,
+        false,
+        format!("error: {e}"),
+    )
 }

@@ -335,7 +335,9 @@ fn async_handle_streams_refuses_duplicates_and_survives_dropped_clients() {
             .submit("long", prompt(9, 6), greedy(200), 0, None)
             .await
             .expect("submit long");
-        let dup = handle.submit("long", prompt(9, 6), greedy(10), 0, None).await;
+        let dup = handle
+            .submit("long", prompt(9, 6), greedy(10), 0, None)
+            .await;
         assert!(
             matches!(dup, Err(Error::Request(_))),
             "duplicate id must be refused"

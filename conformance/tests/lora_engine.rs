@@ -80,8 +80,14 @@ fn a_rare_adapter_is_served_while_a_popular_one_keeps_its_slot_busy() {
     let mut rare_done = None;
     for step in 0..400 {
         if step < 300 {
-            e.add_request_with(&format!("p{step}"), prompt(step, 5), greedy(6), 0, Some("popular"))
-                .expect("add");
+            e.add_request_with(
+                &format!("p{step}"),
+                prompt(step, 5),
+                greedy(6),
+                0,
+                Some("popular"),
+            )
+            .expect("add");
         }
         if step == 5 {
             e.add_request_with("rare", prompt(999, 5), greedy(6), 0, Some("rare"))
@@ -108,7 +114,9 @@ fn lora_requests_are_refused_clearly_and_nothing_changes() {
         .unwrap_err();
     assert!(matches!(err, Error::Request(_)), "{err}");
     assert!(err.to_string().contains("no LoRA"), "{err}");
-    assert!(plain.load_lora("a", &scratch.adapter(&src, "a", 1)).is_err());
+    assert!(plain
+        .load_lora("a", &scratch.adapter(&src, "a", 1))
+        .is_err());
 
     let mut e = engine(&src, slots(2), 64);
     let err = e
@@ -120,10 +128,16 @@ fn lora_requests_are_refused_clearly_and_nothing_changes() {
     let big = random_adapter("big", &src.config, 16, &[Target::Q], 3);
     save_adapter(&big, &scratch.0.join("big")).expect("save");
     let err = e.load_lora("big", &scratch.0.join("big")).unwrap_err();
-    assert!(err.to_string().contains("max-lora-rank") || err.to_string().contains("rank"), "{err}");
+    assert!(
+        err.to_string().contains("max-lora-rank") || err.to_string().contains("rank"),
+        "{err}"
+    );
     assert!(e.lora_names().is_empty());
-    e.load_lora("a", &scratch.adapter(&src, "a", 1)).expect("load");
-    let err = e.load_lora("a", &scratch.adapter(&src, "a2", 2)).unwrap_err();
+    e.load_lora("a", &scratch.adapter(&src, "a", 1))
+        .expect("load");
+    let err = e
+        .load_lora("a", &scratch.adapter(&src, "a2", 2))
+        .unwrap_err();
     assert!(err.to_string().contains("already loaded"), "{err}");
     assert_eq!(e.lora_names(), vec!["a".to_string()]);
 }
@@ -165,13 +179,16 @@ fn a_vanished_adapter_folder_ends_only_its_requests() {
     let src = tiny();
     let scratch = Scratch::new("vanish");
     let mut e = engine(&src, slots(1), 64);
-    e.load_lora("a", &scratch.adapter(&src, "a", 1)).expect("load");
+    e.load_lora("a", &scratch.adapter(&src, "a", 1))
+        .expect("load");
     // Loading b pushes a out of the one host copy; then a's folder goes.
-    e.load_lora("b", &scratch.adapter(&src, "b", 2)).expect("load");
+    e.load_lora("b", &scratch.adapter(&src, "b", 2))
+        .expect("load");
     std::fs::remove_dir_all(scratch.0.join("a")).expect("rm");
     e.add_request_with("gone", prompt(1, 5), greedy(4), 0, Some("a"))
         .expect("add");
-    e.add_request("base", prompt(2, 5), greedy(4), 0).expect("add");
+    e.add_request("base", prompt(2, 5), greedy(4), 0)
+        .expect("add");
     let mut reasons = HashMap::new();
     let mut tokens: HashMap<String, usize> = HashMap::new();
     while e.has_work() {
@@ -204,7 +221,8 @@ fn samples_of_one_request_keep_its_adapter() {
         e.load_lora("a", &dir).expect("load");
         e.add_request_with("r", prompt(3, 7), params.clone(), 0, lora)
             .expect("add");
-        e.add_request("other", prompt(4, 9), greedy(6), 0).expect("add");
+        e.add_request("other", prompt(4, 9), greedy(6), 0)
+            .expect("add");
         let mut out: HashMap<usize, Vec<u32>> = HashMap::new();
         while e.has_work() {
             for o in e.step().expect("step") {
@@ -220,7 +238,10 @@ fn samples_of_one_request_keep_its_adapter() {
     assert_eq!(with.len(), 3);
     assert_eq!(with, run(Some("a")), "seeded samples are reproducible");
     // Each sample i is sampled with the same seed under both: only the adapter differs.
-    assert!((0..3).all(|i| with[&i] != without[&i]), "{with:?} vs {without:?}");
+    assert!(
+        (0..3).all(|i| with[&i] != without[&i]),
+        "{with:?} vs {without:?}"
+    );
 }
 
 fn drain(e: &mut Engine) -> HashMap<String, Vec<u32>> {
@@ -234,7 +255,9 @@ fn drain(e: &mut Engine) -> HashMap<String, Vec<u32>> {
                 !matches!(o.finish_reason, Some(FinishReason::Error(_))),
                 "{o:?}"
             );
-            out.entry(o.request_id.clone()).or_default().extend(o.token_ids);
+            out.entry(o.request_id.clone())
+                .or_default()
+                .extend(o.token_ids);
         }
     }
     out

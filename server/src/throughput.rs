@@ -324,7 +324,8 @@ fn print_table(runs: &[(&str, &Report)]) {
         print!(" {name:>12}");
     }
     println!();
-    let rows: [(&str, fn(&Report) -> Option<f64>); 9] = [
+    type Row = (&'static str, fn(&Report) -> Option<f64>);
+    let rows: [Row; 9] = [
         ("elapsed (s)", |r| Some(r.elapsed_s)),
         ("requests/s", |r| Some(r.requests_per_s)),
         ("output tokens/s", |r| Some(r.output_tokens_per_s)),
@@ -332,7 +333,9 @@ fn print_table(runs: &[(&str, &Report)]) {
         ("steps", |r| Some(r.steps as f64)),
         ("mean step (ms)", |r| Some(r.mean_step_ms)),
         ("p99 step (ms)", |r| Some(r.p99_step_ms)),
-        ("scheduler+sampler share (%)", |r| Some(100.0 * r.overhead_share)),
+        ("scheduler+sampler share (%)", |r| {
+            Some(100.0 * r.overhead_share)
+        }),
         ("  at a full batch (%)", |r| {
             r.overhead_share_full_batch.map(|s| 100.0 * s)
         }),

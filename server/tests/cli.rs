@@ -136,19 +136,44 @@ fn bench_throughput_lora_mix_reports_both_runs() {
     let json = std::env::temp_dir().join(format!("tessera-lora-mix-{}.json", std::process::id()));
     let json_arg = json.to_str().expect("utf-8");
     let o = tessera(&[
-        "bench", "throughput", "--model", &tiny, "--device", "cpu", "--num-prompts", "6",
-        "--input-len", "8", "--output-len", "5", "--lora-mix", "3", "--lora-rank", "4",
-        "--max-loras", "2", "--json", json_arg,
+        "bench",
+        "throughput",
+        "--model",
+        &tiny,
+        "--device",
+        "cpu",
+        "--num-prompts",
+        "6",
+        "--input-len",
+        "8",
+        "--output-len",
+        "5",
+        "--lora-mix",
+        "3",
+        "--lora-rank",
+        "4",
+        "--max-loras",
+        "2",
+        "--json",
+        json_arg,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("base only") && out.contains("3 adapters"), "{out}");
+    assert!(
+        out.contains("base only") && out.contains("3 adapters"),
+        "{out}"
+    );
     assert!(out.contains("LoRA output tokens/s vs base"), "{out}");
     let text = std::fs::read_to_string(&json).expect("json written");
     let _ = std::fs::remove_file(&json);
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(v["lora_mix"], 3);
-    assert!(v["output_tokens_per_s_ratio"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+    assert!(
+        v["output_tokens_per_s_ratio"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{v}"
+    );
     // Every request of both runs produced all its tokens.
     for run in ["base", "lora"] {
         let steps = v[run]["steps"].as_u64().expect("steps");
@@ -159,8 +184,18 @@ fn bench_throughput_lora_mix_reports_both_runs() {
     }
     // A rank above the slots is refused before anything runs.
     assert_clean_failure(
-        &["bench", "throughput", "--model", &tiny, "--device", "cpu", "--lora-mix", "2",
-          "--lora-rank", "128"],
+        &[
+            "bench",
+            "throughput",
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+            "--lora-mix",
+            "2",
+            "--lora-rank",
+            "128",
+        ],
         "--max-lora-rank",
     );
 }

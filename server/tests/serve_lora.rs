@@ -38,12 +38,21 @@ async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
         .expect("request sent");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Greedy token ids for `prompt` under `model`, read back from the logprobs
 /// (the fixture has no tokenizer, so each token shows as `<id>`).
-async fn greedy(c: &reqwest::Client, base: &str, model: &str, prompt: &[u32], n: usize) -> Vec<u32> {
+async fn greedy(
+    c: &reqwest::Client,
+    base: &str,
+    model: &str,
+    prompt: &[u32],
+    n: usize,
+) -> Vec<u32> {
     let (status, body) = post(
         c,
         format!("{base}/v1/completions"),
@@ -89,11 +98,21 @@ fn lora_dir(tiny: &Path) -> Scratch {
     let dir = top.join("adapters");
     let fixtures = fixtures_dir().join("lora");
     copy_dir(&fixtures.join("b"), &dir.join("b"));
-    let cfg = model::open(tiny.to_str().expect("utf-8")).expect("tiny").config;
-    save_adapter(&random_adapter("big", &cfg, 16, &[Target::Q], 1), &dir.join("rank16")).expect("save");
+    let cfg = model::open(tiny.to_str().expect("utf-8"))
+        .expect("tiny")
+        .config;
+    save_adapter(
+        &random_adapter("big", &cfg, 16, &[Target::Q], 1),
+        &dir.join("rank16"),
+    )
+    .expect("save");
     let mut wider = cfg.clone();
     wider.hidden_size *= 2;
-    save_adapter(&random_adapter("w", &wider, 4, &[Target::Q], 2), &dir.join("wrong-shape")).expect("save");
+    save_adapter(
+        &random_adapter("w", &wider, 4, &[Target::Q], 2),
+        &dir.join("wrong-shape"),
+    )
+    .expect("save");
     copy_dir(&fixtures.join("a"), &dir.join("unknown-target"));
     let config = dir.join("unknown-target/adapter_config.json");
     let text = std::fs::read_to_string(&config).expect("config");
@@ -135,7 +154,11 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
     let base = server.url.clone();
     let golden = Golden::load(&fixtures_dir().join("lora/golden.safetensors")).expect("golden");
     let p0 = golden.ids("p0.input_ids").expect("p0");
-    let want = |k: &str| golden.ids(&format!("p0.greedy.{k}")).expect("golden tokens");
+    let want = |k: &str| {
+        golden
+            .ids(&format!("p0.greedy.{k}"))
+            .expect("golden tokens")
+    };
     runtime().block_on(async {
         let c = client();
         let n = want("a").len();
@@ -155,7 +178,12 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
                     .as_array()
                     .expect("data")
                     .iter()
-                    .map(|m| (m["id"].as_str().unwrap_or("").to_string(), m["parent"].clone()))
+                    .map(|m| {
+                        (
+                            m["id"].as_str().unwrap_or("").to_string(),
+                            m["parent"].clone(),
+                        )
+                    })
                     .collect::<Vec<_>>()
             }
         };
@@ -184,15 +212,51 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
         assert_eq!((x, y, z), (want("base"), want("a"), want("b")));
 
         let bad: [(&str, Value, &str); 9] = [
-            ("rank over the limit", json!({"lora_name": "r", "lora_path": "rank16"}), "rank"),
-            ("unknown target", json!({"lora_name": "u", "lora_path": "unknown-target"}), "lm_head"),
-            ("wrong shapes", json!({"lora_name": "w", "lora_path": "wrong-shape"}), "shape"),
-            ("truncated weights", json!({"lora_name": "t", "lora_path": "truncated"}), "safetensors"),
-            ("outside --lora-dir", json!({"lora_name": "o", "lora_path": scratch.0.join("outside").to_str()}), "outside --lora-dir"),
-            ("symlink escape", json!({"lora_name": "s", "lora_path": "escape"}), "outside --lora-dir"),
-            ("../ in the path", json!({"lora_name": "p", "lora_path": "../outside"}), ".."),
-            ("../ in the name", json!({"lora_name": "../b", "lora_path": "b"}), "lora_name"),
-            ("name taken", json!({"lora_name": "a", "lora_path": "b"}), "already loaded"),
+            (
+                "rank over the limit",
+                json!({"lora_name": "r", "lora_path": "rank16"}),
+                "rank",
+            ),
+            (
+                "unknown target",
+                json!({"lora_name": "u", "lora_path": "unknown-target"}),
+                "lm_head",
+            ),
+            (
+                "wrong shapes",
+                json!({"lora_name": "w", "lora_path": "wrong-shape"}),
+                "shape",
+            ),
+            (
+                "truncated weights",
+                json!({"lora_name": "t", "lora_path": "truncated"}),
+                "safetensors",
+            ),
+            (
+                "outside --lora-dir",
+                json!({"lora_name": "o", "lora_path": scratch.0.join("outside").to_str()}),
+                "outside --lora-dir",
+            ),
+            (
+                "symlink escape",
+                json!({"lora_name": "s", "lora_path": "escape"}),
+                "outside --lora-dir",
+            ),
+            (
+                "../ in the path",
+                json!({"lora_name": "p", "lora_path": "../outside"}),
+                "..",
+            ),
+            (
+                "../ in the name",
+                json!({"lora_name": "../b", "lora_path": "b"}),
+                "lora_name",
+            ),
+            (
+                "name taken",
+                json!({"lora_name": "a", "lora_path": "b"}),
+                "already loaded",
+            ),
         ];
         for (what, body, word) in bad {
             let (status, answer) = post(&c, format!("{base}/v1/load_lora_adapter"), body).await;
@@ -206,7 +270,12 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
         assert_eq!(names, vec!["tiny", "a", "b"]);
 
         // Unload: b is gone for new requests.
-        let (status, body) = post(&c, format!("{base}/v1/unload_lora_adapter"), json!({"lora_name": "b"})).await;
+        let (status, body) = post(
+            &c,
+            format!("{base}/v1/unload_lora_adapter"),
+            json!({"lora_name": "b"}),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         let (status, body) = post(
             &c,
@@ -215,8 +284,16 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
         )
         .await;
         assert_eq!(status, 404, "{body}");
-        assert!(body.to_string().contains("\\\"a\\\""), "lists what is served: {body}");
-        let (status, _) = post(&c, format!("{base}/v1/unload_lora_adapter"), json!({"lora_name": "b"})).await;
+        assert!(
+            body.to_string().contains("\\\"a\\\""),
+            "lists what is served: {body}"
+        );
+        let (status, _) = post(
+            &c,
+            format!("{base}/v1/unload_lora_adapter"),
+            json!({"lora_name": "b"}),
+        )
+        .await;
         assert_eq!(status, 404);
         let metrics = c
             .get(format!("{base}/metrics"))
@@ -226,14 +303,18 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
             .text()
             .await
             .unwrap_or_default();
-        assert!(metrics.contains("tessera_lora_slot_loads_total"), "{metrics}");
+        assert!(
+            metrics.contains("tessera_lora_slot_loads_total"),
+            "{metrics}"
+        );
     });
 }
 
 #[test]
 fn runtime_loading_is_off_unless_asked_and_bad_start_flags_are_refused() {
     let tiny = fixtures_dir().join("tiny/llama_gqa_rope3");
-    let server = common::Server::start(&["--model", tiny.to_str().expect("utf-8"), "--device", "cpu"]);
+    let server =
+        common::Server::start(&["--model", tiny.to_str().expect("utf-8"), "--device", "cpu"]);
     runtime().block_on(async {
         let c = client();
         let (status, body) = post(
@@ -253,7 +334,10 @@ fn runtime_loading_is_off_unless_asked_and_bad_start_flags_are_refused() {
         (vec!["--lora", "a"], "NAME=PATH"),
         (vec!["--lora", "x=/nonexistent/adapter"], "does not exist"),
         (vec!["--lora", &format!("../a={a}")], "'..'"),
-        (vec!["--lora", &format!("a={a}"), "--max-lora-rank", "4"], "rank"),
+        (
+            vec!["--lora", &format!("a={a}"), "--max-lora-rank", "4"],
+            "rank",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["serve", "--port", "0", "--device", "cpu", "--model", &tiny])

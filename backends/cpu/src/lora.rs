@@ -50,7 +50,16 @@ pub fn apply(
         // `matmul` first rounds all of `x` to bf16, single-threaded, which
         // costs more than the whole product when one side is a LoRA rank
         // (shrink: n = rank; expand: k = rank): measured 2-5x slower here.
-        matmul_with(crate::simd::level(), &gathered, tokens.len(), cols, m, rows, None, &mut result);
+        matmul_with(
+            crate::simd::level(),
+            &gathered,
+            tokens.len(),
+            cols,
+            m,
+            rows,
+            None,
+            &mut result,
+        );
         for (j, &t) in tokens.iter().enumerate() {
             let dst = &mut out[t * rows..(t + 1) * rows];
             let src = &result[j * rows..(j + 1) * rows];
@@ -62,4 +71,3 @@ pub fn apply(
         }
     }
 }
-

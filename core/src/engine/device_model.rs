@@ -138,7 +138,8 @@ impl DeviceModel {
         };
         let full = lora_specs(&self.config, self.dtypes, shape);
         for ((name, dims, dtype), (_, used_dims, _)) in
-            full.into_iter().zip(lora_specs(&self.config, self.dtypes, used))
+            full.into_iter()
+                .zip(lora_specs(&self.config, self.dtypes, used))
         {
             let bytes = dims.iter().product::<usize>() * dtype.size();
             let buf = self.device.alloc(bytes)?;
@@ -210,8 +211,10 @@ impl DeviceModel {
                         (vec![slots, rows, new], out)
                     };
                     self.device.upload(&t.buffer, t.offset, &bytes)?;
-                    self.weights
-                        .insert(name, Tensor::new(t.buffer.clone(), t.offset, t.dtype, dims)?);
+                    self.weights.insert(
+                        name,
+                        Tensor::new(t.buffer.clone(), t.offset, t.dtype, dims)?,
+                    );
                 }
             }
         }

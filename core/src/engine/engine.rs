@@ -127,12 +127,10 @@ impl Engine {
                 };
                 match runner.model.lora_capacity {
                     None => runner.model.enable_lora(want)?,
-                    Some(have) if have != want => {
-                        return Err(Error::invalid(format!(
-                            "the model has {} LoRA slots of rank {}, the engine wants {} of rank {}",
-                            have.slots, have.rank, want.slots, want.rank
-                        )))
-                    }
+                    Some(have) if have != want => return Err(Error::invalid(format!(
+                        "the model has {} LoRA slots of rank {}, the engine wants {} of rank {}",
+                        have.slots, have.rank, want.slots, want.rank
+                    ))),
                     Some(_) => {}
                 }
                 scheduler.lora = Some(LoraSlots::new(lc.max_loras));
@@ -205,7 +203,10 @@ impl Engine {
 
     /// The adapters served now, by name.
     pub fn lora_names(&self) -> Vec<String> {
-        self.lora.as_ref().map(LoraManager::names).unwrap_or_default()
+        self.lora
+            .as_ref()
+            .map(LoraManager::names)
+            .unwrap_or_default()
     }
 
     /// The adapter in each device slot (tests and diagnostics).
@@ -463,9 +464,11 @@ impl Engine {
             };
             let start = seq.num_computed;
             if let Some(slots) = &self.scheduler.lora {
-                let slot = seq.lora.and_then(|a| slots.slot_of(a)).map_or(-1, |x| x as i32);
-                b.lora_slots
-                    .extend(std::iter::repeat_n(slot, s.num_tokens));
+                let slot = seq
+                    .lora
+                    .and_then(|a| slots.slot_of(a))
+                    .map_or(-1, |x| x as i32);
+                b.lora_slots.extend(std::iter::repeat_n(slot, s.num_tokens));
             }
             for pos in start..start + s.num_tokens {
                 b.tokens.push(seq.tokens[pos]);
@@ -515,9 +518,12 @@ impl Engine {
             };
             seq.num_computed += s.num_tokens;
             let computed = seq.num_computed;
-            self.scheduler
-                .blocks
-                .cache_full_blocks_in(seq.prefix_root, &seq.block_table, &seq.tokens, computed);
+            self.scheduler.blocks.cache_full_blocks_in(
+                seq.prefix_root,
+                &seq.block_table,
+                &seq.tokens,
+                computed,
+            );
             if seq.pending() > 0 {
                 continue; // a prompt chunk: no token yet
             }

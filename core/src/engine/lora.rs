@@ -124,7 +124,11 @@ impl LoraManager {
     }
 
     /// Registers an adapter made in memory (kept for the engine's life).
-    pub fn register_adapter(&mut self, adapter: LoraAdapter, root: PrefixRoot) -> Result<AdapterId> {
+    pub fn register_adapter(
+        &mut self,
+        adapter: LoraAdapter,
+        root: PrefixRoot,
+    ) -> Result<AdapterId> {
         let name = adapter.name.clone();
         self.check_name(&name)?;
         if adapter.rank > self.config.max_lora_rank {
@@ -153,9 +157,10 @@ impl LoraManager {
 
     /// Stops serving `name`. Requests already queued with it still finish.
     pub fn unregister(&mut self, name: &str) -> Result<AdapterId> {
-        let id = self.by_name.remove(name).ok_or_else(|| {
-            Error::Request(format!("no adapter named {name:?} is loaded"))
-        })?;
+        let id = self
+            .by_name
+            .remove(name)
+            .ok_or_else(|| Error::Request(format!("no adapter named {name:?} is loaded")))?;
         self.host.retain(|(h, _)| *h != id);
         Ok(id)
     }
@@ -206,7 +211,10 @@ impl LoraManager {
             Source::Dir(d) => d.clone(),
         };
         if let Some(i) = self.host.iter().position(|(h, _)| *h == id) {
-            let entry = self.host.remove(i).ok_or_else(|| Error::invalid("host cache"))?;
+            let entry = self
+                .host
+                .remove(i)
+                .ok_or_else(|| Error::invalid("host cache"))?;
             let weights = entry.1.clone();
             self.host.push_back(entry);
             return Ok(weights);
@@ -322,8 +330,8 @@ impl LoraSlots {
         }
         if self.draining.is_none() {
             // The slot with the fewest running sequences empties soonest.
-            self.draining = (0..self.slots.len())
-                .min_by_key(|&s| (self.users(s, busy), self.last_used[s]));
+            self.draining =
+                (0..self.slots.len()).min_by_key(|&s| (self.users(s, busy), self.last_used[s]));
         }
         SlotDecision::Wait
     }
@@ -411,13 +419,8 @@ mod tests {
     fn manager_refuses_duplicates_and_unknown_names() {
         let cfg = crate::model::random::preset("smollm2-135m").expect("preset");
         let mut m = LoraManager::new(LoraConfig::default(), &cfg).unwrap();
-        let a = crate::model::lora::random_adapter(
-            "a",
-            &cfg,
-            2,
-            &[crate::model::lora::Target::Q],
-            1,
-        );
+        let a =
+            crate::model::lora::random_adapter("a", &cfg, 2, &[crate::model::lora::Target::Q], 1);
         let id = m.register_adapter(a.clone(), PrefixRoot::BASE).unwrap();
         assert_eq!(m.id("a"), Some(id));
         let dup = m.register_adapter(a, PrefixRoot::BASE).unwrap_err();

@@ -187,7 +187,7 @@ pub fn random_adapter(
     targets: &[Target],
     seed: u64,
 ) -> LoraAdapter {
-    let mut state = splitmix64(seed ^ 0x10a_a11c_e5ee_d5);
+    let mut state = splitmix64(seed ^ 0x0001_0aa1_1ce5_eed5);
     let mut uniform = |n: usize, half_width: f32| -> Vec<f32> {
         (0..n)
             .map(|_| {
@@ -250,7 +250,11 @@ pub fn save_adapter(adapter: &LoraAdapter, dir: &Path) -> Result<()> {
                 t.parent(),
                 t.module_name()
             );
-            let bytes: Vec<u8> = x.to_f32_vec().iter().flat_map(|v| v.to_le_bytes()).collect();
+            let bytes: Vec<u8> = x
+                .to_f32_vec()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             tensors.push((name, x.shape.clone(), bytes));
         }
     }
@@ -765,7 +769,10 @@ mod tests {
         let d = TempDir::new("roundtrip");
         save_adapter(&made, &d.0).unwrap();
         let back = load_adapter("r", &d.0, &cfg, 8).unwrap();
-        assert_eq!((back.rank, back.scaling, &back.targets), (3, 1.0, &made.targets));
+        assert_eq!(
+            (back.rank, back.scaling, &back.targets),
+            (3, 1.0, &made.targets)
+        );
         for (key, pair) in &made.layers {
             let got = &back.layers[key];
             assert_eq!(got.a.to_f32_vec(), pair.a.to_f32_vec());
@@ -774,7 +781,10 @@ mod tests {
         // Another seed is another adapter.
         let other = random_adapter("r", &cfg, 3, &[Target::V], 10);
         let key = (0, Target::V);
-        assert_ne!(other.layers[&key].a.to_f32_vec(), made.layers[&key].a.to_f32_vec());
+        assert_ne!(
+            other.layers[&key].a.to_f32_vec(),
+            made.layers[&key].a.to_f32_vec()
+        );
     }
 
     #[test]

@@ -76,7 +76,13 @@ pub async fn start(
         let open = job.params.n;
         let rx = state
             .engine
-            .submit(&format!("{id}-{k}"), job.prompt, job.params, 0, lora.as_deref())
+            .submit(
+                &format!("{id}-{k}"),
+                job.prompt,
+                job.params,
+                0,
+                lora.as_deref(),
+            )
             .await?;
         streams.push(
             UnboundedReceiverStream::new(rx)

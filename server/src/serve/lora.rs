@@ -139,7 +139,9 @@ mod tests {
 
     #[test]
     fn names_with_path_pieces_are_refused() {
-        for bad in ["", "../x", "a/b", "a\\b", "..", "a..b", "sp ace", "tab\t", "base"] {
+        for bad in [
+            "", "../x", "a/b", "a\\b", "..", "a..b", "sp ace", "tab\t", "base",
+        ] {
             assert!(check_name(bad, "base").is_err(), "{bad:?} accepted");
         }
         assert!(check_name("sql-adapter_v2.1", "base").is_ok());

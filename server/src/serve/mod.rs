@@ -235,11 +235,11 @@ async fn signal() {
     }
 }
 
-/// Checks the LoRA flags: the runtime folder (canonical), and the start-up
+/// The checked LoRA flags: the runtime folder (canonical), and the start-up
 /// adapters as (name, folder).
-fn lora_flags(
-    a: &ServeArgs,
-) -> anyhow::Result<(Option<std::path::PathBuf>, Vec<(String, String)>)> {
+type LoraFlags = (Option<std::path::PathBuf>, Vec<(String, String)>);
+
+fn lora_flags(a: &ServeArgs) -> anyhow::Result<LoraFlags> {
     let lora_dir = match (a.allow_runtime_lora, &a.lora_dir) {
         (false, None) => None,
         (false, Some(_)) => anyhow::bail!("--lora-dir is used only with --allow-runtime-lora"),
