@@ -55,8 +55,26 @@ fn passes_every_layer(device: &str) {
             "{device}: op {op} untested"
         );
     }
+    // LoRA is checked, not skipped: PEFT's logits, and the manager in the engine.
+    for name in LORA_CHECKS {
+        assert!(
+            checks.iter().any(|c| c["name"] == *name && c["status"] == "pass"),
+            "{device}: no passing {name:?} check"
+        );
+    }
     std::fs::remove_file(&json).ok();
 }
+
+/// The LoRA checks every backend with the LoRA ops must pass.
+const LORA_CHECKS: &[&str] = &[
+    "peft logits",
+    "peft mixed batch",
+    "lora mixed batch = alone",
+    "lora prefix cache per adapter",
+    "lora evicted + reloaded = fresh",
+    "lora 8 adapters on 2 slots",
+    "lora rank growth = fresh",
+];
 
 #[test]
 fn cpu_passes_every_layer() {
