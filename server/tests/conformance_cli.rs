@@ -58,7 +58,9 @@ fn passes_every_layer(device: &str) {
     // LoRA is checked, not skipped: PEFT's logits, and the manager in the engine.
     for name in LORA_CHECKS {
         assert!(
-            checks.iter().any(|c| c["name"] == *name && c["status"] == "pass"),
+            checks
+                .iter()
+                .any(|c| c["name"] == *name && c["status"] == "pass"),
             "{device}: no passing {name:?} check"
         );
     }

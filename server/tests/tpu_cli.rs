@@ -39,9 +39,14 @@ fn tpu_passes_every_conformance_layer_on_the_cpu_plugin() {
         "{summary}"
     );
     // LoRA is checked on tpu too (PEFT's logits, the manager in the engine).
-    for name in ["peft logits", "lora mixed batch = alone", "lora 8 adapters on 2 slots"] {
+    for name in [
+        "peft logits",
+        "lora mixed batch = alone",
+        "lora 8 adapters on 2 slots",
+    ] {
         assert!(
-            out.lines().any(|l| l.contains(name) && l.contains(" pass ")),
+            out.lines()
+                .any(|l| l.contains(name) && l.contains(" pass ")),
             "no passing {name:?} row:\n{out}"
         );
     }

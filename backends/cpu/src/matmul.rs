@@ -79,10 +79,7 @@ fn matmul_bf16dot(
     if m == 0 || n == 0 {
         return;
     }
-    let xb: Vec<u16> = x[..m * k]
-        .iter()
-        .map(|&v| crate::simd_bf16::to_bf16_bits(v))
-        .collect();
+    let xb = crate::simd_bf16::round_all(&x[..m * k]);
     let plan = Plan::new(m, k, n, rayon::current_num_threads());
     let (mc, nc) = (plan.mc.clamp(1, m), plan.nc.clamp(1, n));
     let (m_tasks, n_tasks) = (m.div_ceil(mc), n.div_ceil(nc));

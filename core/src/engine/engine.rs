@@ -127,10 +127,12 @@ impl Engine {
                 };
                 match runner.model.lora_capacity {
                     None => runner.model.enable_lora(want)?,
-                    Some(have) if have != want => return Err(Error::invalid(format!(
+                    Some(have) if have != want => {
+                        return Err(Error::invalid(format!(
                         "the model has {} LoRA slots of rank {}, the engine wants {} of rank {}",
                         have.slots, have.rank, want.slots, want.rank
-                    ))),
+                    )))
+                    }
                     Some(_) => {}
                 }
                 scheduler.lora = Some(LoraSlots::new(lc.max_loras));

@@ -256,13 +256,17 @@ fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, gauges: &Gauges) {
                     }
                     let _ = reply.send(result);
                 }
+                // The new list is published before the reply, so a client's
+                // next request after a load or unload sees it.
                 Command::LoadLora { name, dir, reply } => {
-                    let _ = reply.send(engine.load_lora(&name, &dir));
+                    let result = engine.load_lora(&name, &dir);
                     gauges.publish_adapters(&engine);
+                    let _ = reply.send(result);
                 }
                 Command::UnloadLora { name, reply } => {
-                    let _ = reply.send(engine.unload_lora(&name));
+                    let result = engine.unload_lora(&name);
                     gauges.publish_adapters(&engine);
+                    let _ = reply.send(result);
                 }
                 Command::Abort(id) => {
                     deliver(&mut sinks, engine.abort(&id));
