@@ -5,7 +5,13 @@ use anyhow::{bail, Context};
 use std::io::{Read, Write};
 use tessera_core::engine::{generate, GenerateOptions, SamplingParams};
 use tessera_core::model::chat_template::ChatMessage;
+use tessera_core::model::llama::LoraShape;
+use tessera_core::model::lora::load_adapter;
 use tessera_core::model::tokenizer::StreamDecoder;
+
+/// `generate --lora` sizes its one slot to the adapter; this only bounds a
+/// config that claims an absurd rank.
+const MAX_CLI_LORA_RANK: usize = 4096;
 
 #[derive(clap::Args)]
 #[command(allow_negative_numbers = true)]
@@ -39,6 +45,9 @@ pub struct Args {
     /// Prompt tokens run per step.
     #[arg(long, default_value_t = 512)]
     prefill_chunk: usize,
+    /// A PEFT LoRA adapter folder to generate with (like llama.cpp's --lora).
+    #[arg(long, value_name = "DIR")]
+    lora: Option<std::path::PathBuf>,
     /// The prompt; `-` reads it from stdin.
     prompt: String,
 }
@@ -118,12 +127,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let stop_ids = if a.ignore_eos { vec![] } else { stop_ids };
     let mut runner = session.runner(prompt.len() + a.max_tokens)?;
+    let lora_slot = match &a.lora {
+        None => None,
+        Some(dir) => {
+            // One slot, exactly as wide as this adapter.
+            let adapter = load_adapter("--lora", dir, &src.config, MAX_CLI_LORA_RANK)?;
+            let shape = LoraShape {
+                slots: 1,
+                rank: adapter.rank,
+            };
+            runner.model.enable_lora(shape)?;
+            runner.model.grow_lora_rank(adapter.rank)?;
+            runner.model.load_lora_slot(0, &adapter)?;
+            Some(0)
+        }
+    };
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling,
         stop_ids,
         prefill_chunk: a.prefill_chunk,
-        lora_slot: None,
+        lora_slot,
     };
 
     let stdout = std::io::stdout();

@@ -199,3 +199,60 @@ fn bench_throughput_lora_mix_reports_both_runs() {
         "--max-lora-rank",
     );
 }
+
+#[test]
+fn generate_with_a_lora_adapter_gives_peft_greedy_tokens() {
+    let fixtures = format!("{}/../conformance/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let golden = tessera_conformance::Golden::load(std::path::Path::new(&format!(
+        "{fixtures}/lora/golden.safetensors"
+    )))
+    .expect("golden");
+    let prompt: Vec<String> = golden
+        .ids("p0.input_ids")
+        .expect("p0")
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let tiny = format!("{fixtures}/tiny/llama_gqa_rope3");
+    for (adapter, key) in [(None, "base"), (Some("a"), "a"), (Some("b"), "b")] {
+        let want = golden.ids(&format!("p0.greedy.{key}")).expect("tokens");
+        let n = want.len().to_string();
+        let dir = adapter.map(|a| format!("{fixtures}/lora/{a}"));
+        let mut args = vec![
+            "generate",
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+            "--max-tokens",
+            &n,
+            "--ignore-eos",
+        ];
+        if let Some(d) = &dir {
+            args.extend(["--lora", d.as_str()]);
+        }
+        let joined = prompt.join(" ");
+        args.push(&joined);
+        let o = tessera(&args);
+        assert!(o.status.success(), "{key}: {}", stderr(&o));
+        let got: Vec<u32> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(|w| w.parse().expect("token id"))
+            .collect();
+        assert_eq!(got, want, "{key}");
+    }
+    let tiny_arg = tiny.as_str();
+    assert_clean_failure(
+        &[
+            "generate",
+            "--model",
+            tiny_arg,
+            "--device",
+            "cpu",
+            "--lora",
+            "/nonexistent",
+            "1 2",
+        ],
+        "does not exist",
+    );
+}
