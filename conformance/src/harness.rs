@@ -1,14 +1,59 @@
-//! Small drivers the models and engine layers share: a runner on a device,
-//! prompt logits in one step, greedy decoding.
+//! Small drivers the models and engine layers share: a fixture model, a
+//! runner on a device, prompt logits in one step, greedy decoding, an engine
+//! run to its end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use tessera_core::engine::{
-    generate, DeviceModel, GenerateOptions, KvCache, Runner, SamplingParams, StepBatch,
+    generate, DeviceModel, Engine, FinishReason, GenerateOptions, KvCache, Runner, SamplingParams,
+    StepBatch,
 };
 use tessera_core::hal::{open_device, Capabilities, Device};
 use tessera_core::model::llama::KvShape;
-use tessera_core::model::ModelSource;
-use tessera_core::{DType, Result};
+use tessera_core::model::{self, ModelSource};
+use tessera_core::{DType, Error, Result};
+
+/// A tiny model of `fixtures/tiny` by name (`qwen2_bias`, `llama_gqa_rope3`, ...).
+pub fn tiny_fixture(name: &str) -> Result<ModelSource> {
+    let dir = crate::golden::fixtures_dir().join("tiny").join(name);
+    let path = dir
+        .to_str()
+        .ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
+    model::open(path)
+}
+
+/// Steps `e` until every request is done; tokens by request id. A request
+/// that ends with an error, broken block accounting, or blocks still held
+/// at the end are errors.
+pub fn run_to_end(e: &mut Engine) -> Result<HashMap<String, Vec<u32>>> {
+    let mut out: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut steps = 0;
+    while e.has_work() {
+        steps += 1;
+        if steps > 100_000 {
+            return Err(Error::invalid("the engine did not finish in 100000 steps"));
+        }
+        for o in e.step()? {
+            if let Some(FinishReason::Error(m)) = &o.finish_reason {
+                return Err(Error::invalid(format!(
+                    "request {} failed: {m}",
+                    o.request_id
+                )));
+            }
+            out.entry(o.request_id.clone())
+                .or_default()
+                .extend(&o.token_ids);
+        }
+        e.check_blocks()
+            .map_err(|m| Error::invalid(format!("block accounting: {m}")))?;
+    }
+    if e.block_stats().used != 0 {
+        return Err(Error::invalid(
+            "blocks still held after every request finished",
+        ));
+    }
+    Ok(out)
+}
 
 /// Loads `source` on `dev` with room for `context` tokens.
 pub fn runner_on(

@@ -3,15 +3,15 @@
 //! miss, preempted and recomputed = uninterrupted, and a seeded sample is the
 //! same whatever shares its batch. Run on the tiny Qwen2 fixture (qkv bias).
 
-use crate::golden::fixtures_dir;
-use crate::harness::{block_size, runner_on};
+use crate::harness::{block_size, run_to_end, runner_on, tiny_fixture};
+use crate::models::main_dtype;
 use crate::report::{Check, Layer};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tessera_core::engine::{Engine, EngineConfig, SamplingParams};
 use tessera_core::hal::Device;
 use tessera_core::model::random::splitmix64;
-use tessera_core::model::{self, ModelSource};
+use tessera_core::model::ModelSource;
 use tessera_core::{DType, Error, Result};
 
 type Outputs = HashMap<String, Vec<u32>>;
@@ -49,27 +49,7 @@ impl Setup {
         for (id, p, params) in reqs {
             e.add_request(id, p.clone(), params.clone(), 0)?;
         }
-        let mut out: Outputs = HashMap::new();
-        let mut steps = 0;
-        while e.has_work() {
-            steps += 1;
-            if steps > 100_000 {
-                return Err(Error::invalid("the engine did not finish in 100000 steps"));
-            }
-            for o in e.step()? {
-                out.entry(o.request_id.clone())
-                    .or_default()
-                    .extend(&o.token_ids);
-            }
-            e.check_blocks()
-                .map_err(|m| Error::invalid(format!("block accounting: {m}")))?;
-        }
-        if e.block_stats().used != 0 {
-            return Err(Error::invalid(
-                "blocks still held after every request finished",
-            ));
-        }
-        Ok(out)
+        run_to_end(e)
     }
 
     fn alone(&self, p: &[u32], params: &SamplingParams) -> Result<Vec<u32>> {
@@ -132,19 +112,11 @@ fn same(name: &str, setup: &Setup, group: &str, want: &[Vec<u32>], got: &Outputs
 
 pub fn check(dev: &Arc<dyn Device>) -> Vec<Check> {
     let caps = dev.capabilities();
-    let dtype = if caps.weight_dtypes.contains(&DType::F32) {
-        DType::F32
-    } else {
-        caps.weight_dtypes.first().copied().unwrap_or(DType::F32)
-    };
+    let dtype = main_dtype(dev.as_ref());
     let setup = || -> Result<Setup> {
-        let dir = fixtures_dir().join("tiny/qwen2_bias");
-        let path = dir
-            .to_str()
-            .ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
         Ok(Setup {
             dev: dev.clone(),
-            src: model::open(path)?,
+            src: tiny_fixture("qwen2_bias")?,
             dtype,
             block_size: block_size(&caps, 4),
         })

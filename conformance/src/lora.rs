@@ -5,14 +5,14 @@
 //! step that mixes base, `a` and `b`, and PEFT's greedy tokens through each slot (fixtures: `oracle/make_lora_fixtures.py`).
 
 use crate::golden::{fixtures_dir, worst_row_nmse, Golden};
-use crate::harness::{block_size, greedy_in_slot};
+use crate::harness::{block_size, greedy_in_slot, tiny_fixture};
 use crate::report::{Check, Layer};
 use crate::thresholds::model_logits_limit;
 use std::sync::Arc;
 use tessera_core::engine::{DeviceModel, KvCache, Runner, StepBatch};
 use tessera_core::hal::Device;
 use tessera_core::model::llama::{KvShape, LoraShape};
-use tessera_core::model::{self, lora::load_adapter};
+use tessera_core::model::lora::load_adapter;
 use tessera_core::{DType, Error, Result};
 
 const GROUP: &str = "llama_gqa_rope3 + PEFT a, b";
@@ -40,11 +40,7 @@ pub fn check(dev: &Arc<dyn Device>, dtype: DType) -> Vec<Check> {
 
 fn run(dev: &Arc<dyn Device>, dtype: DType) -> Result<Vec<Check>> {
     let dir = fixtures_dir();
-    let base = dir.join("tiny/llama_gqa_rope3");
-    let base = base
-        .to_str()
-        .ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
-    let src = model::open(base)?;
+    let src = tiny_fixture("llama_gqa_rope3")?;
     let cfg = src.config.clone();
     let golden = Golden::load(&dir.join("lora/golden.safetensors"))?;
     let adapters = [

@@ -15,8 +15,9 @@
 //!   devices that grow them); `a`, already in a slot, answers as before.
 
 use crate::golden::fixtures_dir;
-use crate::harness::{block_size, runner_on};
+use crate::harness::{block_size, run_to_end, runner_on, tiny_fixture};
 use crate::invariants::{greedy, prompt};
+use crate::models::main_dtype;
 use crate::report::{Check, Layer};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use tessera_core::engine::{Engine, EngineConfig, LoraConfig, SamplingParams};
 use tessera_core::hal::Device;
 use tessera_core::model::lora::{random_adapter, save_adapter, Target};
-use tessera_core::model::{self, ModelSource};
+use tessera_core::model::ModelSource;
 use tessera_core::{DType, Error, Result};
 
 const GROUP: &str = "llama_gqa_rope3 + LoRA";
@@ -53,17 +54,9 @@ impl Drop for Setup {
 impl Setup {
     fn new(dev: &Arc<dyn Device>) -> Result<Setup> {
         let caps = dev.capabilities();
-        let dtype = if caps.weight_dtypes.contains(&DType::F32) {
-            DType::F32
-        } else {
-            caps.weight_dtypes.first().copied().unwrap_or(DType::F32)
-        };
+        let dtype = main_dtype(dev.as_ref());
         let dir = fixtures_dir();
-        let base = dir.join("tiny/llama_gqa_rope3");
-        let path = base
-            .to_str()
-            .ok_or_else(|| Error::invalid("fixture path is not UTF-8"))?;
-        let src = model::open(path)?;
+        let src = tiny_fixture("llama_gqa_rope3")?;
         let scratch = std::env::temp_dir().join(format!(
             "tessera-lora-engine-{}-{}",
             std::process::id(),
@@ -178,28 +171,7 @@ fn run(e: &mut Engine, reqs: &[Request], params: &SamplingParams) -> Result<Outp
     for (id, p, lora) in reqs {
         e.add_request_with(id, p.clone(), params.clone(), 0, lora.as_deref())?;
     }
-    let mut out = Outputs::new();
-    let mut steps = 0;
-    while e.has_work() {
-        steps += 1;
-        if steps > 100_000 {
-            return Err(Error::invalid("the engine did not finish in 100000 steps"));
-        }
-        for o in e.step()? {
-            if let Some(tessera_core::engine::FinishReason::Error(m)) = &o.finish_reason {
-                return Err(Error::invalid(format!(
-                    "request {} failed: {m}",
-                    o.request_id
-                )));
-            }
-            out.entry(o.request_id.clone())
-                .or_default()
-                .extend(&o.token_ids);
-        }
-        e.check_blocks()
-            .map_err(|m| Error::invalid(format!("block accounting: {m}")))?;
-    }
-    Ok(out)
+    run_to_end(e)
 }
 
 fn request(id: &str, seed: u64, len: usize, lora: Option<&str>) -> Request {

@@ -32,8 +32,9 @@ fn invariance_limit(dtype: DType) -> f64 {
     }
 }
 
-/// The weight dtype whose results are compared token for token.
-fn main_dtype(dev: &dyn Device) -> DType {
+/// The weight dtype whose results are compared token for token (f32 where
+/// the backend takes it).
+pub(crate) fn main_dtype(dev: &dyn Device) -> DType {
     let caps = dev.capabilities();
     if caps.weight_dtypes.contains(&DType::F32) {
         DType::F32

@@ -129,10 +129,8 @@ fn bad_input_is_one_clear_line() {
 
 #[test]
 fn bench_throughput_lora_mix_reports_both_runs() {
-    let tiny = format!(
-        "{}/../conformance/fixtures/tiny/llama_gqa_rope3",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let tiny = tessera_conformance::fixtures_dir().join("tiny/llama_gqa_rope3");
+    let tiny = tiny.to_str().expect("utf-8").to_string();
     let json = std::env::temp_dir().join(format!("tessera-lora-mix-{}.json", std::process::id()));
     let json_arg = json.to_str().expect("utf-8");
     let o = tessera(&[
@@ -202,7 +200,7 @@ fn bench_throughput_lora_mix_reports_both_runs() {
 
 #[test]
 fn generate_with_a_lora_adapter_gives_peft_greedy_tokens() {
-    let fixtures = format!("{}/../conformance/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let fixtures = tessera_conformance::fixtures_dir().display().to_string();
     let golden = tessera_conformance::Golden::load(std::path::Path::new(&format!(
         "{fixtures}/lora/golden.safetensors"
     )))

@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-edges";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .expect("client")
-}
-
 async fn post(c: &reqwest::Client, url: &str, body: Vec<u8>, key: Option<&str>) -> (u16, String) {
     let mut req = c
         .post(url)
@@ -334,9 +320,9 @@ fn malformed_requests_get_their_4xx_and_the_server_keeps_serving() {
         ),
     ];
     assert!(cases.len() >= 30);
-    let rt = runtime();
+    let rt = common::runtime();
     rt.block_on(async {
-        let c = client();
+        let c = common::client();
         let mut failures = vec![];
         for (what, (path, body), want, word) in cases {
             let (status, text) = post(&c, &format!("{base}{path}"), body, Some(KEY)).await;
@@ -454,9 +440,9 @@ async fn open_stream(c: &reqwest::Client, base: &str, max_tokens: usize) -> reqw
 fn concurrent_streams_complete_and_dropped_clients_free_their_blocks() {
     let server = common::Server::start(&["--max-num-seqs", "64"]);
     let base = server.url.clone();
-    let rt = runtime();
+    let rt = common::runtime();
     rt.block_on(async {
-        let c = client();
+        let c = common::client();
         // 64 clients at once, each reading its stream to [DONE].
         let tasks: Vec<_> = (0..64)
             .map(|_| {
@@ -539,10 +525,10 @@ fn concurrent_streams_complete_and_dropped_clients_free_their_blocks() {
 fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let mut server = common::Server::start(&[]);
     let base = server.url.clone();
-    let rt = runtime();
+    let rt = common::runtime();
     let pid = server.child.id();
     let answer = rt.block_on(async {
-        let c = client();
+        let c = common::client();
         let pending = {
             let (c, base) = (c.clone(), base.clone());
             tokio::spawn(async move {

@@ -9,24 +9,9 @@ mod common;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tessera_conformance::{fixtures_dir, Golden};
 use tessera_core::model::lora::{random_adapter, save_adapter, Target, WEIGHTS_FILE};
 use tessera_core::model::{self};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("client")
-}
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let resp = c
@@ -159,8 +144,8 @@ fn adapters_answer_like_peft_and_bad_ones_get_400() {
             .ids(&format!("p0.greedy.{k}"))
             .expect("golden tokens")
     };
-    runtime().block_on(async {
-        let c = client();
+    common::runtime().block_on(async {
+        let c = common::client();
         let n = want("a").len();
         let models = |c: reqwest::Client| {
             let base = base.clone();
@@ -315,8 +300,8 @@ fn runtime_loading_is_off_unless_asked_and_bad_start_flags_are_refused() {
     let tiny = fixtures_dir().join("tiny/llama_gqa_rope3");
     let server =
         common::Server::start(&["--model", tiny.to_str().expect("utf-8"), "--device", "cpu"]);
-    runtime().block_on(async {
-        let c = client();
+    common::runtime().block_on(async {
+        let c = common::client();
         let (status, body) = post(
             &c,
             format!("{}/v1/load_lora_adapter", server.url),

@@ -160,11 +160,6 @@ impl Engine {
         })
     }
 
-    /// Whether the engine serves LoRA adapters (`EngineConfig::lora`).
-    pub fn lora_enabled(&self) -> bool {
-        self.lora.is_some()
-    }
-
     fn lora_manager(&mut self) -> Result<&mut LoraManager> {
         self.lora.as_mut().ok_or_else(|| {
             Error::Request("this engine serves no LoRA adapters; start it with LoRA enabled".into())
@@ -415,6 +410,9 @@ impl Engine {
     /// its slot empty; the rest of the step goes on.
     fn write_lora_slots(&mut self, plan: &mut super::scheduler::Step) -> Vec<RequestOutput> {
         let mut out = vec![];
+        if plan.lora_loads.is_empty() {
+            return out;
+        }
         for (slot, adapter) in std::mem::take(&mut plan.lora_loads) {
             let Some(m) = self.lora.as_mut() else {
                 break;

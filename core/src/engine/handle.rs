@@ -56,7 +56,6 @@ struct Gauges {
     preemptions: AtomicU64,
     lora_loads: AtomicU64,
     alive: AtomicBool,
-    lora_enabled: AtomicBool,
     /// The adapters served, by name (changes only on load and unload).
     adapters: Mutex<Vec<String>>,
 }
@@ -106,9 +105,6 @@ impl EngineHandle {
         gauges.publish(&engine);
         gauges.publish_adapters(&engine);
         gauges.alive.store(true, Ordering::Relaxed);
-        gauges
-            .lora_enabled
-            .store(engine.lora_enabled(), Ordering::Relaxed);
         let published = gauges.clone();
         let thread = std::thread::Builder::new()
             .name("tessera-engine".into())
@@ -135,11 +131,6 @@ impl EngineHandle {
             lora_loads: get(&g.lora_loads),
             alive: g.alive.load(Ordering::Relaxed),
         }
-    }
-
-    /// Whether the engine serves LoRA adapters at all.
-    pub fn lora_enabled(&self) -> bool {
-        self.gauges.lora_enabled.load(Ordering::Relaxed)
     }
 
     /// The LoRA adapters served now, by name.

@@ -68,6 +68,22 @@ impl Drop for Server {
     }
 }
 
+/// A runtime for a test's async client code.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// An HTTP client that gives up on a hung server after 5 minutes.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client")
+}
+
 /// What a script of `scripts/` prints (they print the path they cached).
 pub fn script_output(name: &str) -> String {
     let script = format!("{}/../scripts/{name}", env!("CARGO_MANIFEST_DIR"));
