@@ -14,14 +14,15 @@
 // Shared memory (dynamic, bytes), exactly the ABI; nothing added:
 //   paged_attention_prefill_{KV}: (16*d + 32*d + 16*32) * 4
 //       (+ 256 bytes of static __shared__ for the per-key cache offsets)
-//   paged_attention_decode_{KV}:  (G*d + G*partition_tokens) * 4
-//       (+ 128 bytes of static __shared__ for the per-head m, l)
+//   paged_attention_decode_{KV}:  (H*d + H*partition_tokens) * 4 with
+//       H = min(G, 8) heads per block (+ 64 bytes of static __shared__ for
+//       the per-head m, l)
 // For d = 256 the prefill needs 51200 bytes of dynamic smem, above the 48 KiB
 // default: the host must raise CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES.
 
 #define ATT_TILE_Q 16   // query rows per prefill tile
 #define ATT_TILE_K 32   // keys per prefill chunk
-#define ATT_MAX_G 16    // max query heads per KV head
+#define ATT_MAX_G 8     // query heads per decode block (of a KV head's G)
 #define ATT_MAX_D 256   // max head dim for the prefill register accumulator
 
 TSR_EXTERN_SHARED __attribute__((aligned(16))) float smem[];
@@ -295,19 +296,22 @@ TSR_TYPES(DEF)
 #undef DEF
 
 // ---------------------------------------------------------------------------
-// paged_attention_decode_{KV}: grid (T, nkv, num_partitions), block 128,
-// smem (G*d + G*partition_tokens) * 4.
+// paged_attention_decode_{KV}: grid (T, nkv * ceil(G/8), num_partitions),
+// block 128, smem (H*d + H*partition_tokens) * 4, H = min(G, 8).
 //
-// Block (t, g, p) handles query heads g*G .. g*G+G-1 of row t over the keys
+// Block (t, y, p) handles H query heads of KV head g = y / ceil(G/8) (heads
+// g*G + h0 .. of row t, h0 = 8 * (y mod ceil(G/8))) over the keys
 // [p*pt, (p+1)*pt) ∩ [lo, hi). Scores: one warp per key, lanes split d in
-// pairs, K read once for all G heads. Softmax: one warp per head. PV: thread
-// owns a dim pair and accumulates all G heads; when d/2 < blockDim the keys
-// are split over blockDim/(d/2) thread sets, reduced through shared memory.
+// pairs, K read once for the block's heads. Softmax: one warp per head. PV:
+// thread owns a dim pair and accumulates the block's heads; when d/2 <
+// blockDim the keys are split over blockDim/(d/2) thread sets, reduced
+// through shared memory. At most 8 heads per block keeps the unrolled
+// per-head registers within AMD's 102 scalar registers (16 spilled).
 
 template <typename KV>
 TSR_INLINE void decode_pv(const KV* __restrict__ v_cache, const int* __restrict__ block_tables,
                           const float* sc, long long tbl, int kstart, int kend, int kstep,
-                          int p0, int pr, int G, int g, int nkv, int bs, int d,
+                          int p0, int pr, int H, int g, int nkv, int bs, int d,
                           int num_blocks, float* acc0, float* acc1) {
     int k = kstart;
     int blk = k / bs;
@@ -317,10 +321,10 @@ TSR_INLINE void decode_pv(const KV* __restrict__ v_cache, const int* __restrict_
         if (bid >= 0 && bid < num_blocks) {
             const float2 v =
                 tsr_load2_f32(v_cache, (((long long)bid * nkv + g) * bs + off) * d + 2 * pr);
-            const float* w = sc + (long long)(k - p0) * G;
+            const float* w = sc + (long long)(k - p0) * H;
 #pragma unroll
             for (int hh = 0; hh < ATT_MAX_G; ++hh) {
-                if (hh < G) {
+                if (hh < H) {
                     const float wk = w[hh];
                     acc0[hh] += wk * v.x;
                     acc1[hh] += wk * v.y;
@@ -347,12 +351,16 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
     __shared__ float s_l[ATT_MAX_G];
 
     const int t = blockIdx.x;
-    const int g = blockIdx.y;
     const int p = blockIdx.z;
     // Uniform early exits (invalid launch parameters only).
     if (t >= T || nkv <= 0 || d < 2 || (d & 1) || bs <= 0 || pt <= 0) return;
     const int G = n_heads / nkv;
-    if (G <= 0 || G > ATT_MAX_G || g >= nkv) return;
+    if (G <= 0) return;
+    const int hsplit = (G + ATT_MAX_G - 1) / ATT_MAX_G;  // blocks per KV head
+    const int g = blockIdx.y / hsplit;
+    const int h0 = (blockIdx.y - g * hsplit) * ATT_MAX_G;
+    if (g >= nkv) return;
+    const int H = min(ATT_MAX_G, G - h0);  // this block's heads
 
     const int tid = threadIdx.x;
     const int lane = tid % TSR_WARP;
@@ -360,8 +368,8 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
     const int nwarps = blockDim.x / TSR_WARP;
     const int npairs = d >> 1;
 
-    float* qs = smem;           // [G][d]
-    float* sc = smem + G * d;   // [pt][G] (key-major: a key's G weights are contiguous)
+    float* qs = smem;           // [H][d]
+    float* sc = smem + H * d;   // [pt][H] (key-major: a key's H weights are contiguous)
 
     // Key range [a, b) of this block; empty for padding rows.
     const int s = att_find_seq(qsl, S, t);
@@ -382,8 +390,8 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
     }
 
     if (b > a) {
-        for (int i = tid; i < G * d; i += blockDim.x) {
-            qs[i] = q[((long long)t * n_heads + (long long)g * G) * d + i];
+        for (int i = tid; i < H * d; i += blockDim.x) {
+            qs[i] = q[((long long)t * n_heads + (long long)g * G + h0) * d + i];
         }
     }
     __syncthreads();
@@ -405,7 +413,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
                     const float2 kv = tsr_load2_f32(k_cache, base + 2 * pr);
 #pragma unroll
                     for (int hh = 0; hh < ATT_MAX_G; ++hh) {
-                        if (hh < G) {
+                        if (hh < H) {
                             const float2 qv = *reinterpret_cast<const float2*>(qs + hh * d + 2 * pr);
                             dot[hh] += qv.x * kv.x + qv.y * kv.y;
                         }
@@ -413,14 +421,14 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
                 }
 #pragma unroll
                 for (int hh = 0; hh < ATT_MAX_G; ++hh) {
-                    if (hh < G) dot[hh] = tsr_warp_sum(dot[hh]);
+                    if (hh < H) dot[hh] = tsr_warp_sum(dot[hh]);
                 }
             }
             if (lane == 0) {
 #pragma unroll
                 for (int hh = 0; hh < ATT_MAX_G; ++hh) {
-                    if (hh < G) {
-                        sc[(k - p0) * G + hh] =
+                    if (hh < H) {
+                        sc[(k - p0) * H + hh] =
                             valid ? att_score(dot[hh], scale, softcap) : TSR_NEG_INF;
                     }
                 }
@@ -435,20 +443,20 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
     __syncthreads();
 
     // Softmax within the partition: warp per head; weights overwrite scores.
-    for (int hh = warp; hh < G; hh += nwarps) {
-        float* col = sc + hh;  // element (k - p0) at col[(k - p0) * G]
+    for (int hh = warp; hh < H; hh += nwarps) {
+        float* col = sc + hh;  // element (k - p0) at col[(k - p0) * H]
         float m = TSR_NEG_INF;
-        for (int k = a + lane; k < b; k += TSR_WARP) m = fmaxf(m, col[(k - p0) * G]);
+        for (int k = a + lane; k < b; k += TSR_WARP) m = fmaxf(m, col[(k - p0) * H]);
         m = tsr_warp_max(m);
         float l = 0.0f;
         if (m != TSR_NEG_INF) {
             for (int k = a + lane; k < b; k += TSR_WARP) {
-                const float e = expf(col[(k - p0) * G] - m);
-                col[(k - p0) * G] = e;
+                const float e = expf(col[(k - p0) * H] - m);
+                col[(k - p0) * H] = e;
                 l += e;
             }
         } else {
-            for (int k = a + lane; k < b; k += TSR_WARP) col[(k - p0) * G] = 0.0f;
+            for (int k = a + lane; k < b; k += TSR_WARP) col[(k - p0) * H] = 0.0f;
         }
         l = tsr_warp_sum(l);
         if (lane == 0) {
@@ -458,7 +466,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
     }
     __syncthreads();
 
-    const long long orow = (long long)t * n_heads + (long long)g * G;  // first head's row
+    const long long orow = (long long)t * n_heads + (long long)g * G + h0;  // first head's row
     // PV. Dim pairs are processed in passes of `chunk` pairs (one pass for
     // d <= 2*blockDim); within a pass the keys are split over `nsplit` thread
     // sets whose partial sums are added in shared memory in a fixed order.
@@ -466,7 +474,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
     const int nsplit = (int)blockDim.x / chunk;
     const int ks = tid / chunk;
     const int prl = tid - ks * chunk;
-    float* red = smem;  // [G][2*chunk], reuses the q region (q is no longer read)
+    float* red = smem;  // [H][2*chunk], reuses the q region (q is no longer read)
     for (int pbase = 0; pbase < npairs; pbase += chunk) {  // uniform trip count
         const int pr = pbase + prl;
         const bool act = ks < nsplit && pr < npairs;
@@ -478,7 +486,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
             acc1[hh] = 0.0f;
         }
         if (act) {
-            decode_pv<KV>(v_cache, block_tables, sc, tbl, a + ks, b, nsplit, p0, pr, G, g, nkv,
+            decode_pv<KV>(v_cache, block_tables, sc, tbl, a + ks, b, nsplit, p0, pr, H, g, nkv,
                           bs, d, num_blocks, acc0, acc1);
         }
         for (int sp = 0; sp < nsplit; ++sp) {
@@ -486,7 +494,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
                 float* dst = red + 2 * prl;
 #pragma unroll
                 for (int hh = 0; hh < ATT_MAX_G; ++hh) {
-                    if (hh < G) {
+                    if (hh < H) {
                         if (sp == 0) {
                             dst[hh * 2 * chunk] = acc0[hh];
                             dst[hh * 2 * chunk + 1] = acc1[hh];
@@ -500,7 +508,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
             __syncthreads();
         }
         const int w2 = 2 * chunk;
-        for (int i = tid; i < G * w2; i += blockDim.x) {
+        for (int i = tid; i < H * w2; i += blockDim.x) {
             const int hh = i / w2;
             const int dim = 2 * pbase + (i - hh * w2);
             if (dim < d) {
@@ -514,7 +522,7 @@ TSR_INLINE void decode_impl(const float* __restrict__ q, const KV* __restrict__ 
         }
         __syncthreads();  // red is rewritten by the next pass
     }
-    if (P > 1 && tid < G) {
+    if (P > 1 && tid < H) {
         float* ml = part_ml + ((orow + tid) * P + p) * 2;
         ml[0] = s_m[tid];
         ml[1] = s_l[tid];

@@ -30,7 +30,11 @@
 #define TSR_SHFL_XOR(v, m) __shfl_xor((v), (m))
 #define TSR_LDG(p) (*(p))
 #else
+#if defined(TSR_EMU_WARP)  // the CPU emulator, as NVIDIA (32) or AMD gfx9 (64)
+#define TSR_WARP ((int)TSR_EMU_WARP)
+#else
 #define TSR_WARP 32
+#endif
 #define TSR_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
 #define TSR_LDG(p) __ldg(p)
 #endif

@@ -19,6 +19,7 @@ const LINKED_BACKENDS: &[&str] = &[
     tessera_cpu::BACKEND_NAME,
     tessera_cuda::BACKEND_NAME,
     tessera_reference::BACKEND_NAME,
+    tessera_rocm::BACKEND_NAME,
     tessera_tpu::BACKEND_NAME,
 ];
 

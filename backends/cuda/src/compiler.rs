@@ -7,33 +7,8 @@ use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 use tessera_core::{Error, Result};
 
-/// The compat header every kernel file includes, as NVRTC sees it.
-pub const COMPAT_H: &str = include_str!("../../../kernels/cuda/compat.h");
-
-/// Every kernel file, by name.
-pub const SOURCES: &[(&str, &str)] = &[
-    (
-        "embedding.cu",
-        include_str!("../../../kernels/cuda/embedding.cu"),
-    ),
-    ("norm.cu", include_str!("../../../kernels/cuda/norm.cu")),
-    ("rope.cu", include_str!("../../../kernels/cuda/rope.cu")),
-    (
-        "elementwise.cu",
-        include_str!("../../../kernels/cuda/elementwise.cu"),
-    ),
-    (
-        "kv_write.cu",
-        include_str!("../../../kernels/cuda/kv_write.cu"),
-    ),
-    (
-        "attention.cu",
-        include_str!("../../../kernels/cuda/attention.cu"),
-    ),
-    ("select.cu", include_str!("../../../kernels/cuda/select.cu")),
-    ("gemv.cu", include_str!("../../../kernels/cuda/gemv.cu")),
-    ("lora.cu", include_str!("../../../kernels/cuda/lora.cu")),
-];
+use tessera_gpu_kernels::sources::{cache_key, write_atomically};
+pub use tessera_gpu_kernels::sources::{COMPAT_H, SOURCES};
 
 /// Why NVRTC cannot be used here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -133,18 +108,6 @@ fn c_chars_to_string(v: &[std::ffi::c_char]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// FNV-1a: a stable hash for cache keys (std's hasher may change between releases).
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
 fn cache_dir() -> PathBuf {
     tessera_core::model::cache_dir().join("cuda-kernels")
 }
@@ -158,7 +121,7 @@ pub fn ptx_for(arch: &str) -> Result<Vec<(&'static str, String)>> {
     let mut out = Vec::with_capacity(SOURCES.len());
     for &(name, source) in SOURCES {
         let opts = options(arch).join(" ");
-        let key = fnv1a(&[name, source, COMPAT_H, arch, &nvrtc, &opts]);
+        let key = cache_key(&[name, source, COMPAT_H, arch, &nvrtc, &opts]);
         let path = dir.join(format!(
             "{}-{arch}-nvrtc{nvrtc}-{key:016x}.ptx",
             name.trim_end_matches(".cu")
@@ -175,11 +138,7 @@ pub fn ptx_for(arch: &str) -> Result<Vec<(&'static str, String)>> {
             "compiled kernels {name} for {arch} with NVRTC {nvrtc} in {:.0} ms",
             started.elapsed().as_secs_f64() * 1e3
         );
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, &ptx))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
+        if let Err(e) = write_atomically(&path, ptx.as_bytes()) {
             tracing::warn!("could not cache {name} in {}: {e}", dir.display());
         }
         out.push((name, ptx));

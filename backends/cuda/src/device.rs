@@ -4,43 +4,29 @@
 
 use crate::gpu::Gpu;
 use crate::graphs::Captured;
-use crate::kernels::CudaKernels;
 use crate::memory::{address, CudaMemory};
 use crate::runtime::CudaRuntime;
 use std::sync::Arc;
 use tessera_core::hal::{
-    interpreter, Buffer, Capabilities, Device, Executable, Graph, Kernels, KvLayout, MemoryInfo,
-    WeightMap,
+    interpreter, Buffer, Capabilities, Device, Executable, Graph, Kernels, MemoryInfo, WeightMap,
 };
-use tessera_core::{DType, Result};
+use tessera_core::Result;
+use tessera_gpu_kernels::kernels::GpuKernels;
 
 /// Steps of at most this many tokens are captured as CUDA graphs: decode
 /// buckets, where launch overhead rivals the work. Larger steps run eagerly.
 const GRAPH_MAX_TOKENS: usize = 256;
 
-/// What the kernels of `kernels/cuda` take: f32 activations, bf16 or f32
-/// weights and KV cache, blocks of 8 to 256 tokens.
-pub fn capabilities(graph_capture: bool) -> Capabilities {
-    Capabilities {
-        weight_dtypes: vec![DType::BF16, DType::F32],
-        activation_dtype: DType::F32,
-        kv_dtypes: vec![DType::BF16, DType::F32],
-        kv_layout: KvLayout::BlockHeadToken,
-        block_sizes: vec![8, 16, 32, 64, 128, 256],
-        graph_capture,
-        exact_shapes: false,
-        host_memory: false,
-    }
-}
+pub use tessera_gpu_kernels::kernels::capabilities;
 
 pub struct CudaDevice {
     gpu: Arc<Gpu>,
-    kernels: Arc<CudaKernels<CudaRuntime>>,
+    kernels: Arc<GpuKernels<CudaRuntime>>,
     graphs: bool,
 }
 
 impl CudaDevice {
-    pub fn new(gpu: Arc<Gpu>, kernels: Arc<CudaKernels<CudaRuntime>>) -> Self {
+    pub fn new(gpu: Arc<Gpu>, kernels: Arc<GpuKernels<CudaRuntime>>) -> Self {
         // TESSERA_CUDA_GRAPHS=0 turns capture off (to compare, or to debug).
         let graphs = std::env::var("TESSERA_CUDA_GRAPHS").map_or(true, |v| v != "0");
         CudaDevice {

@@ -9,7 +9,6 @@ pub mod device;
 mod gemm;
 mod gpu;
 mod graphs;
-pub mod kernels;
 pub mod launch;
 pub use launch::ptx_signatures;
 mod memory;
@@ -19,6 +18,7 @@ use cudarc::driver::{result, sys};
 use std::sync::Arc;
 use tessera_core::hal::{BackendEntry, Device, DeviceInfo, OpenOptions, Probe};
 use tessera_core::{Error, Result};
+use tessera_gpu_kernels::kernels::{kernel_names, GpuKernels};
 
 /// The backend's name; naming it from a binary links this crate.
 pub const BACKEND_NAME: &str = "cuda";
@@ -99,9 +99,9 @@ fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
     let gpu = Arc::new(gpu::Gpu::open(opts.ordinal)?);
     let arch = gpu.arch();
     let ptx = compiler::ptx_for(&arch)?;
-    let functions = launch::Functions::load(&gpu, &ptx, &kernels::kernel_names())?;
+    let functions = launch::Functions::load(&gpu, &ptx, &kernel_names())?;
     let gemm = gemm::Gemm::new(&gpu)?;
-    let kernels = Arc::new(kernels::CudaKernels::new(runtime::CudaRuntime::new(
+    let kernels = Arc::new(GpuKernels::new(runtime::CudaRuntime::new(
         gpu.clone(),
         functions,
         gemm,

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use tessera_cuda::compiler::{compile, SOURCES};
-use tessera_cuda::kernels::kernel_names;
 use tessera_cuda::ptx_signatures;
+use tessera_gpu_kernels::kernels::{host_abi, kernel_names};
 
 const ARCHS: &[&str] = &["sm_80", "sm_90"];
 
@@ -140,43 +140,6 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         missing.is_empty(),
         "the host launches kernels no file defines: {missing:?}"
     );
-}
-
-/// The parameters (`p` pointer, `i` int, `f` float) the host passes to each
-/// kernel, in order; `backends/cuda/src/kernels.rs` builds exactly these.
-fn host_abi() -> HashMap<String, String> {
-    let attention = "iiiiiiiifiif";
-    let mut abi: HashMap<String, String> = HashMap::new();
-    for t in ["f32", "bf16"] {
-        for (k, sig) in [
-            ("embedding", "pppiii".to_string()),
-            ("rms_norm", "pppiif".into()),
-            ("add_rms_norm", "pppppiif".into()),
-            ("add_bias", "ppii".into()),
-            ("gemv", "pppiii".into()),
-            ("kv_write", "pppiiiii".into()),
-            ("paged_attention_prefill", format!("pppppppp{attention}")),
-            ("paged_attention_decode", format!("ppppppppp{attention}ii")),
-            ("lora_shrink", "ppppiiii".into()),
-            ("lora_expand", "pppppiiii".into()),
-        ] {
-            abi.insert(format!("{k}_{t}"), sig);
-        }
-    }
-    for (k, sig) in [
-        ("rope", "ppppiiifi"),
-        ("silu_mul", "pppi"),
-        ("add", "pppi"),
-        ("to_bf16", "ppi"),
-        ("attention_tiles", "pipi"),
-        ("paged_attention_reduce", "pppiiii"),
-        ("gather_last", "pppii"),
-        ("argmax", "ppii"),
-        ("sample", "ppppii"),
-    ] {
-        abi.insert(k.into(), sig.into());
-    }
-    abi
 }
 
 #[test]

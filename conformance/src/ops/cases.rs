@@ -451,7 +451,14 @@ const BATCHES: &[BatchKind] = &[
 fn attention(cases: &mut Vec<OpCase>, kv: DType, act: DType, caps: &Capabilities) -> Result<()> {
     let mut i = 0;
     for d in [64usize, 80, 128, 256] {
-        for (heads, kv_heads) in [(4usize, 4usize), (8, 2), (8, 1)] {
+        // 12 query heads per KV head: more than a GPU decode block takes
+        // (8), so it is split over blocks; one head dim is enough for that.
+        let groups: &[(usize, usize)] = if d == 128 {
+            &[(4, 4), (8, 2), (8, 1), (12, 1)]
+        } else {
+            &[(4, 4), (8, 2), (8, 1)]
+        };
+        for &(heads, kv_heads) in groups {
             for want_bs in [16usize, 32] {
                 let bs = block_size(caps, want_bs);
                 for b in BATCHES {

@@ -32,6 +32,13 @@
 #define TSR_EMULATE 1
 #endif
 
+// Lanes per warp: 32 like NVIDIA; -DTSR_EMU_WARP=64 models AMD's gfx9
+// wavefronts, so the kernels' 64-lane paths run on the CPU too (compat.h
+// takes TSR_WARP from it).
+#ifndef TSR_EMU_WARP
+#define TSR_EMU_WARP 32u
+#endif
+
 // ------------------------------------------------------------ qualifiers
 
 // Kernels are extern "C"; hidden so that names like `add` or `sample` never
@@ -161,7 +168,7 @@ static inline tsr_emu_ctx_t* tsr_emu_ctx() { return tsr_emu_cur; }
 #define blockIdx (tsr_emu_ctx()->bid)
 #define blockDim (tsr_emu_ctx()->bdim)
 #define gridDim (tsr_emu_ctx()->gdim)
-#define warpSize 32
+#define warpSize ((int)TSR_EMU_WARP)
 
 // ------------------------------------------------------------ runtime API
 
@@ -189,18 +196,18 @@ static inline void __syncthreads() {
     __asm__ __volatile__("" ::: "memory");
 }
 
-static inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width = 32) {
+static inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width = (int)TSR_EMU_WARP) {
     const unsigned r = tsr_emu_shfl_xor(mask, __float_as_uint(v), lane_mask, width);
     __asm__ __volatile__("" ::: "memory");
     return __uint_as_float(r);
 }
-static inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask, int width = 32) {
+static inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask, int width = (int)TSR_EMU_WARP) {
     const unsigned r = tsr_emu_shfl_xor(mask, (unsigned)v, lane_mask, width);
     __asm__ __volatile__("" ::: "memory");
     return (int)r;
 }
 static inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask,
-                                       int width = 32) {
+                                       int width = (int)TSR_EMU_WARP) {
     const unsigned r = tsr_emu_shfl_xor(mask, v, lane_mask, width);
     __asm__ __volatile__("" ::: "memory");
     return r;

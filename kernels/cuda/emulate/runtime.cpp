@@ -44,8 +44,9 @@
 // at a barrier, then the next runnable fiber (in threadIdx order) runs.
 //   * __syncthreads: waits until every fiber of the block that has not exited
 //     has arrived (exited threads no longer count, as in CUDA).
-//   * __shfl_xor_sync (full mask, width 32): the lanes of the fiber's warp
-//     (tid / 32; a last partial warp has fewer lanes) deposit their value,
+//   * __shfl_xor_sync (full mask, width TSR_EMU_WARP: 32 like NVIDIA, or 64
+//     like AMD's gfx9 wavefronts): the lanes of the fiber's warp
+//     (tid / TSR_EMU_WARP; a last partial warp has fewer lanes) deposit their value,
 //     warp barrier, read lane ^ laneMask's (own value when that lane does
 //     not exist), warp barrier again before the slots are reused.
 //   * Errors (the launch returns non-zero, naming kernel, block and fiber
@@ -125,9 +126,9 @@ unsigned g_n = 0;          // fibers in the block
 unsigned g_alive = 0;      // not exited
 unsigned g_sync_wait = 0;  // at __syncthreads
 unsigned g_cur = 0;        // running fiber
-unsigned g_warp_wait[TSR_EMU_MAX_THREADS / 32];
-unsigned g_warp_exited[TSR_EMU_MAX_THREADS / 32];
-unsigned g_slots[TSR_EMU_MAX_THREADS / 32][32];
+unsigned g_warp_wait[TSR_EMU_MAX_THREADS / TSR_EMU_WARP];
+unsigned g_warp_exited[TSR_EMU_MAX_THREADS / TSR_EMU_WARP];
+unsigned g_slots[TSR_EMU_MAX_THREADS / TSR_EMU_WARP][TSR_EMU_WARP];
 bool g_failed = false;
 std::string g_error;
 
@@ -144,8 +145,8 @@ void fail(const char* fmt, ...) {
 }
 
 unsigned warp_lanes(unsigned w) {
-    const unsigned first = w * 32u;
-    return g_n - first < 32u ? g_n - first : 32u;
+    const unsigned first = w * TSR_EMU_WARP;
+    return g_n - first < TSR_EMU_WARP ? g_n - first : TSR_EMU_WARP;
 }
 
 // Switches from fiber i (blocked or exited) to the next runnable fiber, or
@@ -180,12 +181,12 @@ void fiber_main() {
     Fiber& f = g_fibers[i];
     f.st = EXITED;
     --g_alive;
-    const unsigned w = i / 32u;
+    const unsigned w = i / TSR_EMU_WARP;
     ++g_warp_exited[w];
     if (g_warp_wait[w] > 0) {
         fail("thread %u (warp %u, lane %u) exited while %u lane(s) of its warp wait in "
              "__shfl_xor_sync",
-             i, w, i % 32u, g_warp_wait[w]);
+             i, w, i % TSR_EMU_WARP, g_warp_wait[w]);
     }
     if (g_sync_wait > 0 && g_sync_wait == g_alive) {
         for (unsigned j = 0; j < g_n; ++j) {
@@ -299,7 +300,7 @@ extern "C" void tsr_emu_syncthreads(void) {
 static void warp_barrier(unsigned i, unsigned w) {
     g_fibers[i].st = AT_WARP;
     if (++g_warp_wait[w] == warp_lanes(w)) {
-        const unsigned first = w * 32u;
+        const unsigned first = w * TSR_EMU_WARP;
         const unsigned n = warp_lanes(w);
         for (unsigned l = 0; l < n; ++l) {
             if (g_fibers[first + l].st == AT_WARP) g_fibers[first + l].st = READY;
@@ -312,12 +313,12 @@ static void warp_barrier(unsigned i, unsigned w) {
 
 extern "C" unsigned tsr_emu_shfl_xor(unsigned mask, unsigned bits, int lane_mask, int width) {
     const unsigned i = g_cur;
-    const unsigned w = i / 32u;
-    const unsigned lane = i % 32u;
-    if (mask != 0xffffffffu || width != 32) {
+    const unsigned w = i / TSR_EMU_WARP;
+    const unsigned lane = i % TSR_EMU_WARP;
+    if (mask != 0xffffffffu || width != (int)TSR_EMU_WARP) {
         fail("thread %u: __shfl_xor_sync with mask 0x%08x, width %d: the emulator supports "
-             "only the full mask and width 32",
-             i, mask, width);
+             "only the full mask and width %u",
+             i, mask, width, TSR_EMU_WARP);
     } else if (g_warp_exited[w] > 0) {
         fail("thread %u (warp %u, lane %u) calls __shfl_xor_sync after %u lane(s) of its warp "
              "exited",
@@ -380,7 +381,7 @@ extern "C" __attribute__((visibility("default"))) int tsr_emu_launch(
                 poison(smem, dynamic_smem_bytes);
                 g_alive = block;
                 g_sync_wait = 0;
-                for (unsigned w = 0; w < (block + 31u) / 32u; ++w) {
+                for (unsigned w = 0; w < (block + TSR_EMU_WARP - 1) / TSR_EMU_WARP; ++w) {
                     g_warp_wait[w] = 0;
                     g_warp_exited[w] = 0;
                 }

@@ -1,6 +1,8 @@
-//! The HAL's op kernels on a CUDA GPU: shapes checked here, then one launch
-//! (or two) of our kernels in `kernels/cuda/` following their ABI, or a
-//! cuBLASLt matmul. Everything goes to the GPU's one stream, in order.
+//! The HAL's op kernels on a GPU (NVIDIA or AMD): shapes checked here, then
+//! one launch (or two) of our kernels in `kernels/cuda/` following their
+//! ABI, or the vendor library's matmul (cuBLASLt, hipBLASLt/rocBLAS).
+//! Everything goes to the GPU's one stream, in order. Nothing here depends
+//! on the warp width: the kernels take it from compat.h (`TSR_WARP`).
 //!
 //! Activations are f32; weights and the KV cache are f32 or bf16.
 
@@ -9,9 +11,26 @@ use crate::runtime::Runtime;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tessera_core::hal::{
-    AttentionBatch, AttentionParams, Buffer, Kernels, RopeParams, RopeStyle, Tensor,
+    AttentionBatch, AttentionParams, Buffer, Capabilities, Kernels, KvLayout, RopeParams,
+    RopeStyle, Tensor,
 };
 use tessera_core::{DType, Error, Result};
+
+/// What the kernels take, on every vendor: f32 activations, bf16 or f32
+/// weights and KV cache, blocks of 8 to 256 tokens. `graph_capture`: whether
+/// the backend records decode steps as CUDA/HIP graphs.
+pub fn capabilities(graph_capture: bool) -> Capabilities {
+    Capabilities {
+        weight_dtypes: vec![DType::BF16, DType::F32],
+        activation_dtype: DType::F32,
+        kv_dtypes: vec![DType::BF16, DType::F32],
+        kv_layout: KvLayout::BlockHeadToken,
+        block_sizes: vec![8, 16, 32, 64, 128, 256],
+        graph_capture,
+        exact_shapes: false,
+        host_memory: false,
+    }
+}
 
 /// Kernels with one instance per element type (`_f32`, `_bf16`).
 const TYPED: &[&str] = &[
@@ -52,26 +71,26 @@ pub fn kernel_names() -> Vec<String> {
 const TILE_ROWS: usize = 16;
 const TILE_KEYS: usize = 32;
 const PARTITION_TOKENS: usize = 256;
-/// Most query heads per KV head the decode kernel holds.
-const MAX_GQA_GROUP: usize = 16;
-/// Largest batch the gemv kernel takes; larger ones go to cuBLASLt.
+/// Query heads per decode block: a KV head with more takes several blocks.
+const DECODE_HEADS: usize = 8;
+/// Largest batch the gemv kernel takes; larger ones go to the vendor GEMM.
 const GEMV_MAX_TOKENS: usize = 8;
 
-pub struct CudaKernels<R: Runtime> {
+pub struct GpuKernels<R: Runtime> {
     rt: R,
     /// Scratch by purpose and size; kept for the device's life, because a
-    /// captured CUDA graph may hold its address.
+    /// captured CUDA/HIP graph may hold its address.
     scratch: Mutex<HashMap<(&'static str, usize), Buffer>>,
     /// Rope inverse frequencies by parameters.
     rope_tables: Mutex<HashMap<String, Buffer>>,
 }
 
-fn suffix(d: DType, what: &str) -> Result<&'static str> {
+fn suffix(backend: &str, d: DType, what: &str) -> Result<&'static str> {
     match d {
         DType::F32 => Ok("f32"),
         DType::BF16 => Ok("bf16"),
         other => Err(Error::Unsupported {
-            backend: "cuda".into(),
+            backend: backend.into(),
             what: format!("{other} {what}"),
         }),
     }
@@ -106,9 +125,9 @@ fn dims<const N: usize>(t: &Tensor, what: &str) -> Result<[usize; N]> {
     })
 }
 
-impl<R: Runtime> CudaKernels<R> {
+impl<R: Runtime> GpuKernels<R> {
     pub fn new(rt: R) -> Self {
-        CudaKernels {
+        GpuKernels {
             rt,
             scratch: Mutex::new(HashMap::new()),
             rope_tables: Mutex::new(HashMap::new()),
@@ -133,7 +152,7 @@ impl<R: Runtime> CudaKernels<R> {
         let mut map = self
             .scratch
             .lock()
-            .map_err(|_| Error::invalid("cuda scratch lock poisoned"))?;
+            .map_err(|_| Error::invalid("kernel scratch lock poisoned"))?;
         if let Some(b) = map.get(&(purpose, bytes)) {
             return Ok(b.clone());
         }
@@ -152,7 +171,7 @@ impl<R: Runtime> CudaKernels<R> {
         let mut map = self
             .rope_tables
             .lock()
-            .map_err(|_| Error::invalid("cuda rope table lock poisoned"))?;
+            .map_err(|_| Error::invalid("rope table lock poisoned"))?;
         if let Some(b) = map.get(&key) {
             return Ok(b.clone());
         }
@@ -176,7 +195,7 @@ impl<R: Runtime> CudaKernels<R> {
     }
 }
 
-impl<R: Runtime> Kernels for CudaKernels<R> {
+impl<R: Runtime> Kernels for GpuKernels<R> {
     fn backend(&self) -> &str {
         self.rt.name()
     }
@@ -195,7 +214,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         check(ids, DType::I32, "token ids")?;
         check(out, DType::F32, "embedding output")?;
         check_shape(out, &[t, h], "embedding output")?;
-        let name = format!("embedding_{}", suffix(table.dtype, "embedding table")?);
+        let name = format!(
+            "embedding_{}",
+            suffix(self.rt.name(), table.dtype, "embedding table")?
+        );
         let args = Args::new()
             .ptr(self.ptr(table)?)
             .ptr(self.ptr(ids)?)
@@ -218,7 +240,7 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         check(x, DType::F32, "linear input")?;
         check(out, DType::F32, "linear output")?;
         check_shape(out, &[t, n], "linear output")?;
-        let wsfx = suffix(w.dtype, "linear weight")?;
+        let wsfx = suffix(self.rt.name(), w.dtype, "linear weight")?;
         let (wp, xp, op) = (self.ptr(w)?, self.ptr(x)?, self.ptr(out)?);
         if t == 0 || n == 0 {
             return Ok(());
@@ -242,7 +264,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         }
         if let Some(b) = bias {
             check_shape(b, &[n], "linear bias")?;
-            let name = format!("add_bias_{}", suffix(b.dtype, "linear bias")?);
+            let name = format!(
+                "add_bias_{}",
+                suffix(self.rt.name(), b.dtype, "linear bias")?
+            );
             let args = Args::new().ptr(op).ptr(self.ptr(b)?).int(t)?.int(n)?;
             self.launch(&name, Config::linear(t * n, 256)?, args)?;
         }
@@ -255,7 +280,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         check(out, DType::F32, "rms_norm output")?;
         check_shape(w, &[h], "rms_norm weight")?;
         check_shape(out, &[t, h], "rms_norm output")?;
-        let name = format!("rms_norm_{}", suffix(w.dtype, "rms_norm weight")?);
+        let name = format!(
+            "rms_norm_{}",
+            suffix(self.rt.name(), w.dtype, "rms_norm weight")?
+        );
         let args = Args::new()
             .ptr(self.ptr(x)?)
             .ptr(self.ptr(w)?)
@@ -286,7 +314,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
             check_shape(tensor, &[t, h], what)?;
         }
         check_shape(w, &[h], "add_rms_norm weight")?;
-        let name = format!("add_rms_norm_{}", suffix(w.dtype, "rms_norm weight")?);
+        let name = format!(
+            "add_rms_norm_{}",
+            suffix(self.rt.name(), w.dtype, "rms_norm weight")?
+        );
         let args = Args::new()
             .ptr(self.ptr(x)?)
             .ptr(self.ptr(residual)?)
@@ -346,7 +377,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         check(new, DType::F32, "new K/V")?;
         check(slots, DType::I32, "slots")?;
         check_shape(slots, &[t], "slots")?;
-        let name = format!("kv_write_{}", suffix(cache.dtype, "KV cache")?);
+        let name = format!(
+            "kv_write_{}",
+            suffix(self.rt.name(), cache.dtype, "KV cache")?
+        );
         let args = Args::new()
             .ptr(self.ptr(cache)?)
             .ptr(self.ptr(new)?)
@@ -397,7 +431,7 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
             ));
         }
         let group = n / nkv;
-        let kv = suffix(k_cache.dtype, "KV cache")?;
+        let kv = suffix(self.rt.name(), k_cache.dtype, "KV cache")?;
         // The kernels read dims in pairs; prefill tiles hold at most 256 dims
         // in registers, 16 at a time.
         if d % 2 != 0 || (t > s && (d % 16 != 0 || d > 256)) {
@@ -468,13 +502,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
                 tail(args)?,
             );
         }
-        // One query row per sequence (decode): split long contexts.
-        if group > MAX_GQA_GROUP {
-            return Err(Error::Unsupported {
-                backend: self.rt.name().into(),
-                what: format!("{group} query heads per KV head (at most {MAX_GQA_GROUP})"),
-            });
-        }
+        // One query row per sequence (decode): split long contexts, and
+        // groups of more than DECODE_HEADS query heads over several blocks.
+        let heads = group.min(DECODE_HEADS);
+        let head_blocks = group.div_ceil(DECODE_HEADS);
         let partitions = (m * bs).div_ceil(PARTITION_TOKENS).max(1);
         let (part_out, part_ml) = if partitions > 1 {
             (
@@ -484,7 +515,7 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         } else {
             (0, 0)
         };
-        let shared = (group * d + group * PARTITION_TOKENS) * 4;
+        let shared = (heads * d + heads * PARTITION_TOKENS) * 4;
         let args = Args::new()
             .ptr(qp)
             .ptr(kp)
@@ -498,7 +529,7 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         let args = tail(args)?.int(PARTITION_TOKENS)?.int(partitions)?;
         self.launch(
             &format!("paged_attention_decode_{kv}"),
-            Config::new((t, nkv, partitions), 128, shared)?,
+            Config::new((t, nkv * head_blocks, partitions), 128, shared)?,
             args,
         )?;
         if partitions > 1 {
@@ -588,7 +619,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         check(idx, DType::I32, "adapter slots")?;
         check_shape(idx, &[t], "adapter slots")?;
         check_shape(out, &[t, r], "lora_shrink output")?;
-        let name = format!("lora_shrink_{}", suffix(a.dtype, "LoRA stack")?);
+        let name = format!(
+            "lora_shrink_{}",
+            suffix(self.rt.name(), a.dtype, "LoRA stack")?
+        );
         let args = Args::new()
             .ptr(self.ptr(x)?)
             .ptr(self.ptr(a)?)
@@ -628,7 +662,10 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
         check_shape(u, &[t, r], "lora_expand rank input")?;
         check_shape(idx, &[t], "adapter slots")?;
         check_shape(out, &[t, n], "lora_expand output")?;
-        let name = format!("lora_expand_{}", suffix(b.dtype, "LoRA stack")?);
+        let name = format!(
+            "lora_expand_{}",
+            suffix(self.rt.name(), b.dtype, "LoRA stack")?
+        );
         let args = Args::new()
             .ptr(self.ptr(y)?)
             .ptr(self.ptr(u)?)
@@ -643,7 +680,7 @@ impl<R: Runtime> Kernels for CudaKernels<R> {
     }
 }
 
-impl<R: Runtime> CudaKernels<R> {
+impl<R: Runtime> GpuKernels<R> {
     /// `silu_mul` and `add`: f32 in, f32 out, same shapes.
     fn elementwise(&self, name: &str, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<()> {
         for (t, what) in [(a, "first input"), (b, "second input"), (out, "output")] {
@@ -658,4 +695,43 @@ impl<R: Runtime> CudaKernels<R> {
             .int(count)?;
         self.launch(name, Config::linear(count, 256)?, args)
     }
+}
+
+/// The parameters (`p` pointer, `i` int, `f` float) the host passes to each
+/// kernel, in order: the ABI `GpuKernels` builds its `Args` by, written out
+/// once more by hand so that the backends' compile tests can check every
+/// compiled kernel (PTX, AMDGPU metadata) against it.
+pub fn host_abi() -> HashMap<String, String> {
+    let attention = "iiiiiiiifiif";
+    let mut abi: HashMap<String, String> = HashMap::new();
+    for t in ["f32", "bf16"] {
+        for (k, sig) in [
+            ("embedding", "pppiii".to_string()),
+            ("rms_norm", "pppiif".into()),
+            ("add_rms_norm", "pppppiif".into()),
+            ("add_bias", "ppii".into()),
+            ("gemv", "pppiii".into()),
+            ("kv_write", "pppiiiii".into()),
+            ("paged_attention_prefill", format!("pppppppp{attention}")),
+            ("paged_attention_decode", format!("ppppppppp{attention}ii")),
+            ("lora_shrink", "ppppiiii".into()),
+            ("lora_expand", "pppppiiii".into()),
+        ] {
+            abi.insert(format!("{k}_{t}"), sig);
+        }
+    }
+    for (k, sig) in [
+        ("rope", "ppppiiifi"),
+        ("silu_mul", "pppi"),
+        ("add", "pppi"),
+        ("to_bf16", "ppi"),
+        ("attention_tiles", "pipi"),
+        ("paged_attention_reduce", "pppiiii"),
+        ("gather_last", "pppii"),
+        ("argmax", "ppii"),
+        ("sample", "ppppii"),
+    ] {
+        abi.insert(k.into(), sig.into());
+    }
+    abi
 }

@@ -1,0 +1,60 @@
+//! Device memory behind the HAL's `Buffer`: a hipMalloc allocation, freed
+//! when the last handle drops.
+
+use crate::gpu::Gpu;
+use std::any::Any;
+use std::sync::Arc;
+use tessera_core::hal::{Buffer, DeviceMemory, Tensor};
+use tessera_core::{Error, Result};
+
+pub struct RocmMemory {
+    ptr: u64,
+    len: usize,
+    gpu: Arc<Gpu>,
+}
+
+impl RocmMemory {
+    pub fn alloc(gpu: &Arc<Gpu>, len: usize) -> Result<Buffer> {
+        let ptr = gpu.malloc(len)?;
+        Ok(Buffer::new(Arc::new(RocmMemory {
+            ptr,
+            len,
+            gpu: gpu.clone(),
+        })))
+    }
+}
+
+impl DeviceMemory for RocmMemory {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Drop for RocmMemory {
+    fn drop(&mut self) {
+        self.gpu.free(self.ptr);
+    }
+}
+
+/// The device address of bytes `offset..offset + bytes` of `buffer`, checked.
+pub fn address(buffer: &Buffer, offset: usize, bytes: usize) -> Result<u64> {
+    let mem = buffer
+        .downcast::<RocmMemory>()
+        .ok_or_else(|| Error::invalid("a buffer of another backend was given to rocm"))?;
+    let end = offset.checked_add(bytes);
+    if end.is_none_or(|e| e > mem.len) {
+        return Err(Error::invalid(format!(
+            "{bytes} bytes at offset {offset} do not fit a rocm buffer of {} bytes",
+            mem.len
+        )));
+    }
+    Ok(mem.ptr + offset as u64)
+}
+
+/// The device address of a tensor's first element.
+pub fn ptr(t: &Tensor) -> Result<u64> {
+    address(&t.buffer, t.offset, t.nbytes())
+}
