@@ -57,6 +57,48 @@ fn devices_lists_cpu_available() {
         .find(|b| b["backend"] == "cpu")
         .expect("cpu entry");
     assert_eq!(cpu["available"], true);
+    // No AMD GPU here: rocm is listed, unavailable, with its reason (the
+    // HIP runtime missing, or present without a device).
+    let rocm = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|b| b["backend"] == "rocm")
+        .expect("rocm entry");
+    if rocm["available"] == false {
+        let text = rocm.to_string();
+        assert!(
+            text.contains("libamdhip64.so not found") || text.contains("no AMD GPU"),
+            "{text}"
+        );
+    }
+}
+
+/// One binary for every machine: no vendor library is linked (each backend
+/// opens its own at run time), so `ldd` lists none of them.
+#[test]
+fn the_binary_links_no_vendor_library() {
+    let o = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_tessera"))
+        .output()
+        .expect("run ldd");
+    let libs = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert!(libs.contains("libc.so"), "ldd output: {libs}");
+    for vendor in [
+        "amdhip",
+        "hiprtc",
+        "rocblas",
+        "hipblas",
+        "hsa-runtime",
+        "libcuda",
+        "nvrtc",
+        "cublas",
+        "libze",
+        "opencl",
+        "libtpu",
+    ] {
+        assert!(!libs.contains(vendor), "the binary links {vendor}:\n{libs}");
+    }
 }
 
 #[test]

@@ -69,6 +69,11 @@ fn build_library(warp: u32) -> Result<PathBuf> {
             "-shared",
             "-DTSR_EMULATE",
             &format!("-DTSR_EMU_WARP={warp}u"),
+            // `__shared__` is `static` here, and g++ makes the statics of
+            // template functions STB_GNU_UNIQUE, which the dynamic linker
+            // merges across every library of the process: two emulators
+            // running at once (tests in threads) would share them.
+            "-fno-gnu-unique",
             "-w",
         ])
         .arg("-include")

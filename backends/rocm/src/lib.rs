@@ -1,7 +1,7 @@
 //! tessera-rocm: AMD GPUs. The same kernel sources as the cuda backend
 //! (`kernels/cuda/`, written in the subset CUDA and HIP share) compiled by
 //! hipRTC for the device's gfx arch at first use (`compiler.rs`), GEMMs on
-//! hipBLASLt or rocBLAS (`gemm.rs`), decode steps replayed as HIP graphs
+//! hipBLASLt or rocBLAS (`gemm/`), decode steps replayed as HIP graphs
 //! (`graphs.rs`). The HIP runtime, hipRTC and the GEMM libraries are all
 //! opened at run time (`hip.rs`), so the binary starts, and says why rocm
 //! is unavailable, on machines without them.
