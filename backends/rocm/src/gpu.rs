@@ -20,6 +20,10 @@ pub struct Gpu {
     pub arch: String,
     pub total_memory: u64,
     stream: Stream,
+    /// hipMallocAsync/hipFreeAsync where the runtime has them and they work
+    /// on this device: the runner's small per-step buffers then cost no
+    /// device sync (hipFree waits for the whole device).
+    ordered: Option<(hip::MallocAsyncFn, hip::FreeAsyncFn)>,
     capturing: AtomicBool,
     deferred_frees: Mutex<Vec<u64>>,
 }
@@ -100,6 +104,7 @@ impl Gpu {
                 arch: info.arch,
                 total_memory: info.total_memory,
                 stream,
+                ordered: stream_ordered_allocation(rt, stream),
                 capturing: AtomicBool::new(false),
                 deferred_frees: Mutex::new(vec![]),
             })
@@ -142,11 +147,19 @@ impl Gpu {
             ));
         }
         let mut p: *mut c_void = std::ptr::null_mut();
-        // SAFETY: writes one pointer.
-        let rc = unsafe { (self.rt.hipMalloc)(&mut p, bytes.max(1)) };
+        let (call, rc) = match self.ordered {
+            // SAFETY: writes one pointer; our stream.
+            Some((malloc, _)) => ("hipMallocAsync", unsafe {
+                malloc(&mut p, bytes.max(1), self.stream)
+            }),
+            // SAFETY: writes one pointer.
+            None => ("hipMalloc", unsafe {
+                (self.rt.hipMalloc)(&mut p, bytes.max(1))
+            }),
+        };
         check(
             self.rt,
-            &format!("hipMalloc of {:.2} GB", bytes as f64 / 1e9),
+            &format!("{call} of {:.2} GB", bytes as f64 / 1e9),
             rc,
         )?;
         Ok(p as u64)
@@ -163,8 +176,14 @@ impl Gpu {
             return;
         }
         if self.bind().is_ok() {
-            // SAFETY: `ptr` came from `malloc` and is freed once.
-            let _ = unsafe { (self.rt.hipFree)(ptr as *mut c_void) };
+            // SAFETY: `ptr` came from `malloc` (the same kind of call) and is
+            // freed once.
+            let _ = unsafe {
+                match self.ordered {
+                    Some((_, free)) => free(ptr as *mut c_void, self.stream),
+                    None => (self.rt.hipFree)(ptr as *mut c_void),
+                }
+            };
         }
     }
 
@@ -254,6 +273,35 @@ impl Drop for Gpu {
     }
 }
 
+/// hipMallocAsync/hipFreeAsync, when the runtime exports them and a first
+/// allocation through them works (some devices and versions lack memory
+/// pools). TESSERA_ROCM_MALLOC_ASYNC=0 keeps plain hipMalloc.
+fn stream_ordered_allocation(
+    rt: &Runtime,
+    stream: Stream,
+) -> Option<(hip::MallocAsyncFn, hip::FreeAsyncFn)> {
+    if std::env::var("TESSERA_ROCM_MALLOC_ASYNC").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    // SAFETY: the HIP signatures of these names.
+    let (malloc, free) = unsafe {
+        (
+            rt.optional::<hip::MallocAsyncFn>("hipMallocAsync")?,
+            rt.optional::<hip::FreeAsyncFn>("hipFreeAsync")?,
+        )
+    };
+    let mut p: *mut c_void = std::ptr::null_mut();
+    // SAFETY: writes one pointer; our stream; freed right after.
+    unsafe {
+        if malloc(&mut p, 256, stream) != hip::SUCCESS || p.is_null() {
+            tracing::debug!("hipMallocAsync does not work here: plain hipMalloc");
+            return None;
+        }
+        free(p, stream);
+    }
+    Some((malloc, free))
+}
+
 /// What `tessera devices` and `open` report about one device.
 pub struct DeviceInfo {
     pub name: String,
@@ -280,8 +328,14 @@ pub fn device_info(rt: &Runtime, dev: i32) -> Result<DeviceInfo> {
     // Larger than any hipDeviceProp_t so far (about 1.5 KB in HIP 6), so
     // the runtime never writes past it whatever its version.
     let mut props = vec![0u8; 16 << 10];
+    // SAFETY: both names have this signature.
+    let properties = unsafe {
+        rt.optional::<hip::PropertiesFn>("hipGetDevicePropertiesR0600")
+            .or_else(|| rt.optional::<hip::PropertiesFn>("hipGetDeviceProperties"))
+    }
+    .ok_or_else(|| Error::device("rocm", "the HIP runtime has no hipGetDeviceProperties"))?;
     // SAFETY: the buffer is larger than the struct.
-    let rc = unsafe { (rt.hipGetDeviceProperties)(props.as_mut_ptr() as *mut c_void, dev) };
+    let rc = unsafe { properties(props.as_mut_ptr() as *mut c_void, dev) };
     check(rt, "hipGetDeviceProperties", rc)?;
     let arch = match std::env::var("TESSERA_ROCM_ARCH") {
         Ok(a) if !a.is_empty() => a,

@@ -75,7 +75,6 @@ api!(Runtime {
     hipSetDevice: fn(c_int) -> HipError;
     hipDeviceGetName: fn(*mut c_char, c_int, c_int) -> HipError;
     hipDeviceTotalMem: fn(*mut usize, c_int) -> HipError;
-    hipGetDeviceProperties: fn(*mut c_void, c_int) -> HipError;
     hipRuntimeGetVersion: fn(*mut c_int) -> HipError;
     hipDriverGetVersion: fn(*mut c_int) -> HipError;
     hipGetErrorName: fn(HipError) -> *const c_char;
@@ -117,6 +116,29 @@ api!(Rtc {
     hiprtcGetCode: fn(Program, *mut c_char) -> c_int;
     hiprtcDestroyProgram: fn(*mut Program) -> c_int;
 });
+
+/// `hipGetDeviceProperties` (HIP 6+ exports the current layout as
+/// `...R0600` and keeps the old name for old binaries).
+pub type PropertiesFn = unsafe extern "C" fn(*mut c_void, c_int) -> HipError;
+/// `hipMallocAsync`: stream-ordered allocation (HIP 5.1+).
+pub type MallocAsyncFn = unsafe extern "C" fn(*mut *mut c_void, usize, Stream) -> HipError;
+/// `hipFreeAsync`.
+pub type FreeAsyncFn = unsafe extern "C" fn(*mut c_void, Stream) -> HipError;
+
+impl Runtime {
+    /// An optional symbol of the runtime library: calls that only some HIP
+    /// versions have.
+    ///
+    /// # Safety
+    /// `T` must be the symbol's C function type.
+    pub unsafe fn optional<T: Copy>(&self, name: &str) -> Option<T> {
+        let name = format!("{name}\0");
+        // SAFETY: per the caller.
+        unsafe { self._lib.get::<T>(name.as_bytes()) }
+            .ok()
+            .map(|s| *s)
+    }
+}
 
 // SAFETY: plain function pointers into a library that stays loaded; the HIP
 // runtime is thread-safe.
