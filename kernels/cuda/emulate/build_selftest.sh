@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the unity emulation library exactly as backends/cuda/tests/emulated.rs
+# Builds the unity emulation library as backends/gpu-kernels/src/emulator.rs
 # does, then the self test against it, and runs it.
 #   kernels/cuda/emulate/build_selftest.sh [OUTDIR]   (default /tmp/tsr-emu)
 set -eu
