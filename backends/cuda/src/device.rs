@@ -1,110 +1,98 @@
-//! The cuda `Device`: memory through the GPU's stream, eager execution of
-//! graphs through the HAL interpreter with our kernels, and CUDA graphs for
-//! the small (decode) step shapes.
+//! The cuda device: the shared GPU device code (`tessera_gpu_kernels`'s
+//! `GpuDevice`) over this GPU: memory and copies on its stream, and CUDA
+//! graphs recorded by stream capture.
 
-use crate::gpu::Gpu;
-use crate::graphs::Captured;
+use crate::gpu::{fail, Gpu};
 use crate::memory::{address, CudaMemory};
 use crate::runtime::CudaRuntime;
+use cudarc::driver::{result, sys};
 use std::sync::Arc;
-use tessera_core::hal::{
-    interpreter, Buffer, Capabilities, Device, Executable, Graph, Kernels, MemoryInfo, WeightMap,
-};
+use tessera_core::hal::Buffer;
 use tessera_core::Result;
-use tessera_gpu_kernels::kernels::GpuKernels;
-
-/// Steps of at most this many tokens are captured as CUDA graphs: decode
-/// buckets, where launch overhead rivals the work. Larger steps run eagerly.
-const GRAPH_MAX_TOKENS: usize = 256;
-
+use tessera_gpu_kernels::device::{GpuDevice, StreamGpu};
 pub use tessera_gpu_kernels::kernels::capabilities;
 
-pub struct CudaDevice {
-    gpu: Arc<Gpu>,
-    kernels: Arc<GpuKernels<CudaRuntime>>,
-    graphs: bool,
-}
+pub type CudaDevice = GpuDevice<Gpu, CudaRuntime>;
 
-impl CudaDevice {
-    pub fn new(gpu: Arc<Gpu>, kernels: Arc<GpuKernels<CudaRuntime>>) -> Self {
-        // TESSERA_CUDA_GRAPHS=0 turns capture off (to compare, or to debug).
-        let graphs = std::env::var("TESSERA_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        CudaDevice {
-            gpu,
-            kernels,
-            graphs,
-        }
-    }
+/// An instantiated CUDA graph, destroyed when dropped.
+pub struct GraphExec(sys::CUgraphExec);
 
-    pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
+// SAFETY: an instantiated graph may be launched from any thread with the
+// context current; one executable uses it at a time.
+unsafe impl Send for GraphExec {}
+
+impl Drop for GraphExec {
+    fn drop(&mut self) {
+        // SAFETY: instantiated once, destroyed once.
+        let _ = unsafe { result::graph::exec_destroy(self.0) };
     }
 }
 
-impl Device for CudaDevice {
+impl StreamGpu for Gpu {
+    type GraphExec = GraphExec;
+
     fn name(&self) -> String {
-        format!("cuda:{}", self.gpu.ordinal)
+        format!("cuda:{}", self.ordinal)
     }
-
-    fn capabilities(&self) -> Capabilities {
-        capabilities(self.graphs)
+    fn mem_info(&self) -> Result<(u64, u64)> {
+        Gpu::mem_info(self)
     }
-
-    fn memory_info(&self) -> Result<MemoryInfo> {
-        let (free, total) = self.gpu.mem_info()?;
-        Ok(MemoryInfo {
-            free_bytes: free,
-            total_bytes: total,
-        })
+    fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
+        CudaMemory::alloc(self, bytes)
     }
-
-    fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        CudaMemory::alloc(&self.gpu, bytes)
+    fn address(&self, buffer: &Buffer, offset: usize, bytes: usize) -> Result<u64> {
+        address(buffer, offset, bytes)
     }
-
-    fn upload(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()> {
-        self.gpu.upload(address(dst, offset, src.len())?, src)
+    fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        Gpu::upload(self, dst, src)
     }
-
-    fn download(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.gpu.download(address(src, offset, dst.len())?, dst)
+    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        Gpu::download(self, src, dst)
     }
-
-    fn copy(
-        &self,
-        src: &Buffer,
-        src_offset: usize,
-        dst: &Buffer,
-        dst_offset: usize,
-        bytes: usize,
-    ) -> Result<()> {
-        let (s, d) = (
-            address(src, src_offset, bytes)?,
-            address(dst, dst_offset, bytes)?,
-        );
-        self.gpu.copy(s, d, bytes)
+    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        Gpu::copy(self, src, dst, bytes)
     }
-
     fn synchronize(&self) -> Result<()> {
-        self.gpu.synchronize()
+        Gpu::synchronize(self)
     }
 
-    fn compile(&self, graph: &Graph, weights: &WeightMap) -> Result<Box<dyn Executable>> {
-        let kernels: Arc<dyn Kernels> = self.kernels.clone();
-        let eager = interpreter::compile(kernels, graph, weights)?;
-        let tokens = graph
-            .inputs
-            .first()
-            .and_then(|v| graph.ty(*v).shape.first().copied())
-            .unwrap_or(usize::MAX);
-        if self.graphs && tokens <= GRAPH_MAX_TOKENS {
-            Ok(Box::new(Captured::new(self.gpu.clone(), eager)))
-        } else {
-            Ok(eager)
+    fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: our stream; `end_capture` ends it.
+        unsafe {
+            result::stream::begin_capture(
+                self.stream(),
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
         }
+        .map_err(|e| fail("cuStreamBeginCapture", e))?;
+        self.set_capturing(true);
+        Ok(())
     }
 
-    fn kernels(&self) -> Option<Arc<dyn Kernels>> {
-        Some(self.kernels.clone())
+    fn end_capture(&self, keep: bool) -> Result<Option<GraphExec>> {
+        // SAFETY: capture was begun on this stream by `begin_capture`.
+        let ended = unsafe { result::stream::end_capture(self.stream()) };
+        self.set_capturing(false);
+        let graph = ended.map_err(|e| fail("cuStreamEndCapture", e))?;
+        if !keep {
+            // SAFETY: captured above, used by nothing else.
+            let _ = unsafe { result::graph::destroy(graph) };
+            return Ok(None);
+        }
+        // SAFETY: a graph just captured; destroyed right after instantiation.
+        let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) };
+        // SAFETY: as above.
+        let _ = unsafe { result::graph::destroy(graph) };
+        Ok(Some(GraphExec(
+            exec.map_err(|e| fail("cuGraphInstantiate", e))?,
+        )))
+    }
+
+    fn launch_graph(&self, exec: &GraphExec) -> Result<()> {
+        self.bind()?;
+        // SAFETY: an instantiated graph of this context, on our stream.
+        unsafe { result::graph::launch(exec.0, self.stream()) }
+            .map_err(|e| fail("cuGraphLaunch", e))
     }
 }

@@ -1,6 +1,6 @@
 //! tessera-cuda: NVIDIA GPUs. Our kernels (`kernels/cuda/`) are compiled by
 //! NVRTC for the device at first use (`compiler.rs`), GEMMs go to cuBLASLt
-//! (`gemm.rs`), decode steps are replayed as CUDA graphs (`graphs.rs`). The
+//! (`gemm.rs`), decode steps are replayed as CUDA graphs (`device.rs`). The
 //! driver, NVRTC and cuBLASLt are all loaded at run time through cudarc, so
 //! the binary starts, and says why, on machines without them.
 
@@ -8,7 +8,6 @@ pub mod compiler;
 pub mod device;
 mod gemm;
 mod gpu;
-mod graphs;
 pub mod launch;
 pub use launch::ptx_signatures;
 mod memory;
@@ -112,7 +111,11 @@ fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
         gpu.name,
         gpu.total_memory as f64 / 1e9
     );
-    Ok(Arc::new(device::CudaDevice::new(gpu, kernels)))
+    Ok(Arc::new(device::CudaDevice::new(
+        gpu,
+        kernels,
+        "TESSERA_CUDA_GRAPHS",
+    )))
 }
 
 inventory::submit! {

@@ -5,7 +5,7 @@ use crate::gpu::Gpu;
 use cudarc::driver::sys::CUdeviceptr;
 use std::any::Any;
 use std::sync::Arc;
-use tessera_core::hal::{Buffer, DeviceMemory, Tensor};
+use tessera_core::hal::{Buffer, DeviceMemory};
 use tessera_core::{Error, Result};
 
 pub struct CudaMemory {
@@ -53,9 +53,4 @@ pub fn address(buffer: &Buffer, offset: usize, bytes: usize) -> Result<CUdevicep
         )));
     }
     Ok(mem.ptr + offset as u64)
-}
-
-/// The device address of a tensor's first element.
-pub fn ptr(t: &Tensor) -> Result<CUdeviceptr> {
-    address(&t.buffer, t.offset, t.nbytes())
 }

@@ -10,8 +10,10 @@
 //! on the CPU (g++ and fibers), as 32-lane warps or 64-lane wavefronts, so
 //! the host logic and the kernels' numerics are tested on machines with no GPU.
 
+pub mod device;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod graphs;
 pub mod kernels;
 pub mod launch;
 pub mod runtime;

@@ -2,7 +2,7 @@
 //! (`kernels/cuda/`, written in the subset CUDA and HIP share) compiled by
 //! hipRTC for the device's gfx arch at first use (`compiler.rs`), GEMMs on
 //! hipBLASLt or rocBLAS (`gemm/`), decode steps replayed as HIP graphs
-//! (`graphs.rs`). The HIP runtime, hipRTC and the GEMM libraries are all
+//! (`device.rs`). The HIP runtime, hipRTC and the GEMM libraries are all
 //! opened at run time (`hip.rs`), so the binary starts, and says why rocm
 //! is unavailable, on machines without them.
 
@@ -11,7 +11,6 @@ pub mod compiler;
 pub mod device;
 mod gemm;
 mod gpu;
-mod graphs;
 pub mod hip;
 pub mod launch;
 mod memory;
@@ -112,7 +111,11 @@ fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
         gemm,
         workspace,
     )));
-    Ok(Arc::new(device::RocmDevice::new(gpu, kernels)))
+    Ok(Arc::new(device::RocmDevice::new(
+        gpu,
+        kernels,
+        "TESSERA_ROCM_GRAPHS",
+    )))
 }
 
 inventory::submit! {

@@ -4,7 +4,7 @@
 use crate::gpu::Gpu;
 use std::any::Any;
 use std::sync::Arc;
-use tessera_core::hal::{Buffer, DeviceMemory, Tensor};
+use tessera_core::hal::{Buffer, DeviceMemory};
 use tessera_core::{Error, Result};
 
 pub struct RocmMemory {
@@ -52,9 +52,4 @@ pub fn address(buffer: &Buffer, offset: usize, bytes: usize) -> Result<u64> {
         )));
     }
     Ok(mem.ptr + offset as u64)
-}
-
-/// The device address of a tensor's first element.
-pub fn ptr(t: &Tensor) -> Result<u64> {
-    address(&t.buffer, t.offset, t.nbytes())
 }

@@ -62,3 +62,11 @@ fn tiny_models_match_transformers_with_64_lane_wavefronts() {
     assert!(checks.len() >= 8, "the tiny fixtures ran");
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+/// The engine layer (chunked = whole, batched = alone, prefix hit = miss,
+/// preempted = uninterrupted, seeded = reproducible, the LoRA slot checks)
+/// through the same kernels with 64-lane wavefronts.
+#[test]
+fn engine_invariants_hold_with_64_lane_wavefronts() {
+    assert_layer(Layer::Engine);
+}
