@@ -32,4 +32,7 @@ pub mod thresholds;
 pub use golden::{fixtures_dir, nmse, worst_row_nmse, Golden};
 pub use harness::{block_size, greedy, prompt_logits, runner, runner_on};
 pub use report::{Check, Layer, Report, Status};
-pub use suite::{assert_layer, check_op_name, run, run_on, Options, REFERENCE};
+pub use suite::{
+    assert_layer, assert_layer_on, assert_tiny_models, check_op_name, run, run_on, Options,
+    REFERENCE,
+};

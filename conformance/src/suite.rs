@@ -101,29 +101,61 @@ pub fn run_on(device: &str, dev: &Arc<dyn Device>, opts: &Options) -> Result<Rep
 /// Runs one layer and panics with the failing rows: the body of the tests
 /// `backend_suite!` generates.
 pub fn assert_layer(device: &str, layer: Layer) {
+    match open_device(device, None) {
+        Ok(dev) => assert_layer_on(device, &dev, layer),
+        Err(e) => panic!("conformance {} on {device}: {e}", layer.name()),
+    }
+}
+
+/// [`assert_layer`] on a device already open (an emulation, a device made
+/// by a test).
+pub fn assert_layer_on(name: &str, dev: &Arc<dyn Device>, layer: Layer) {
     let opts = Options {
         layers: vec![layer],
         ..Options::default()
     };
-    let report = match run(device, &opts) {
+    let report = match run_on(name, dev, &opts) {
         Ok(r) => r,
-        Err(e) => panic!("conformance {} on {device}: {e}", layer.name()),
+        Err(e) => panic!("conformance {} on {name}: {e}", layer.name()),
     };
     let mut table = vec![];
     let _ = report.print(&mut table);
-    let table = String::from_utf8_lossy(&table);
-    eprintln!("{table}");
+    eprintln!("{}", String::from_utf8_lossy(&table));
     if !report.passed() {
-        let failed: Vec<String> = report
-            .failures()
-            .map(|c| format!("  {} {} {}: {}", c.name, c.dtype, c.group, c.detail))
-            .collect();
-        panic!(
-            "{}\nfailing checks:\n{}",
-            report.summary(),
-            failed.join("\n")
+        fail_with(&report.summary(), report.failures());
+    }
+}
+
+/// The tiny fixture models (and LoRA against PEFT where the device has the
+/// ops) on `dev`, without the default model: what a slow device such as a
+/// kernel emulation can afford. Panics with the failing rows.
+pub fn assert_tiny_models(dev: &Arc<dyn Device>) {
+    let checks = models::check_tiny(dev);
+    for c in &checks {
+        eprintln!(
+            "{} {} {} {:?} {}",
+            c.name, c.dtype, c.group, c.status, c.detail
         );
     }
+    assert!(
+        checks.len() >= 8,
+        "the tiny fixtures ran: {} checks",
+        checks.len()
+    );
+    let mut failed = checks
+        .iter()
+        .filter(|c| c.status == crate::Status::Fail)
+        .peekable();
+    if failed.peek().is_some() {
+        fail_with("tiny models", failed);
+    }
+}
+
+fn fail_with<'a>(summary: &str, failures: impl Iterator<Item = &'a Check>) -> ! {
+    let failed: Vec<String> = failures
+        .map(|c| format!("  {} {} {}: {}", c.name, c.dtype, c.group, c.detail))
+        .collect();
+    panic!("{summary}\nfailing checks:\n{}", failed.join("\n"));
 }
 
 /// The vendor kit: one line in a backend crate's `tests/conformance.rs`,

@@ -6,9 +6,8 @@
 //! the engine, the server and the tests call from different threads.
 
 use cudarc::driver::{result, sys, DriverError};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use tessera_core::{Error, Result};
+use tessera_gpu_kernels::graphs::CaptureState;
 
 pub struct Gpu {
     pub ordinal: usize,
@@ -21,9 +20,7 @@ pub struct Gpu {
     device: sys::CUdevice,
     ctx: sys::CUcontext,
     stream: sys::CUstream,
-    capturing: AtomicBool,
-    /// Frees asked for while a graph is being captured, done after it.
-    deferred_frees: Mutex<Vec<sys::CUdeviceptr>>,
+    capture: CaptureState,
 }
 
 // SAFETY: the handles are plain driver handles, usable from any thread once
@@ -115,8 +112,7 @@ impl Gpu {
             device,
             ctx,
             stream,
-            capturing: AtomicBool::new(false),
-            deferred_frees: Mutex::new(vec![]),
+            capture: CaptureState::default(),
         })
     }
 
@@ -164,10 +160,7 @@ impl Gpu {
     /// Frees in stream order; deferred while a graph is being captured, so the
     /// free is not recorded into the graph.
     pub fn free(&self, ptr: sys::CUdeviceptr) {
-        if self.is_capturing() {
-            if let Ok(mut v) = self.deferred_frees.lock() {
-                v.push(ptr);
-            }
+        if self.capture.defer_free(ptr) {
             return;
         }
         if self.bind().is_ok() {
@@ -177,20 +170,12 @@ impl Gpu {
     }
 
     pub fn is_capturing(&self) -> bool {
-        self.capturing.load(Ordering::Acquire)
+        self.capture.is_capturing()
     }
 
     pub fn set_capturing(&self, on: bool) {
-        self.capturing.store(on, Ordering::Release);
-        if !on {
-            let pending = self
-                .deferred_frees
-                .lock()
-                .map(|mut v| std::mem::take(&mut *v))
-                .unwrap_or_default();
-            for p in pending {
-                self.free(p);
-            }
+        for p in self.capture.set(on) {
+            self.free(p);
         }
     }
 

@@ -118,17 +118,9 @@ impl Functions {
                 args.kinds()
             )));
         }
-        if cfg.shared > max_shared {
-            return Err(Error::Unsupported {
-                backend: "cuda".into(),
-                what: format!(
-                    "{name} with {} bytes of shared memory (the device allows {}); use a smaller head_dim or GQA group",
-                    cfg.shared, max_shared
-                ),
-            });
-        }
-        if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
-            return Ok(()); // nothing to do
+        cfg.check_shared("cuda", name, max_shared)?;
+        if cfg.is_empty() {
+            return Ok(());
         }
         let mut params = args.params();
         gpu.bind()?;

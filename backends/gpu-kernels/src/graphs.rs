@@ -10,7 +10,7 @@
 //! eagerly, as it always does for shapes not captured.
 
 use crate::device::StreamGpu;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tessera_core::hal::{Executable, Tensor};
 use tessera_core::{Error, Result};
 
@@ -127,5 +127,58 @@ impl<G: StreamGpu> Executable for Captured<G> {
                 Ok(outputs)
             }
         }
+    }
+}
+
+/// Whether a graph is being recorded on a GPU's stream, and the frees asked
+/// for meanwhile: a free during a recording would be recorded into the
+/// graph (and a plain free waits for the device, which a capture forbids),
+/// so it waits until the recording ends. `Some` while recording.
+#[derive(Default)]
+pub struct CaptureState(Mutex<Option<Vec<u64>>>);
+
+impl CaptureState {
+    pub fn is_capturing(&self) -> bool {
+        self.0.lock().is_ok_and(|s| s.is_some())
+    }
+
+    /// Keeps `ptr` for later while a recording is on (true); false when the
+    /// caller should free it now.
+    pub fn defer_free(&self, ptr: u64) -> bool {
+        match self.0.lock() {
+            Ok(mut s) => s.as_mut().map(|v| v.push(ptr)).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    /// Starts (`on`) or ends a recording; ending it hands back the frees to
+    /// do now.
+    pub fn set(&self, on: bool) -> Vec<u64> {
+        let Ok(mut s) = self.0.lock() else {
+            return vec![];
+        };
+        if on {
+            s.get_or_insert_with(Vec::new);
+            vec![]
+        } else {
+            s.take().unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CaptureState;
+
+    #[test]
+    fn frees_wait_for_the_end_of_a_recording() {
+        let c = CaptureState::default();
+        assert!(!c.is_capturing());
+        assert!(!c.defer_free(1), "no recording: free at once");
+        assert!(c.set(true).is_empty());
+        assert!(c.is_capturing());
+        assert!(c.defer_free(2) && c.defer_free(3));
+        assert_eq!(c.set(false), [2, 3]);
+        assert!(!c.is_capturing() && !c.defer_free(4));
     }
 }

@@ -90,6 +90,26 @@ impl Config {
                 .map_err(|_| Error::invalid("shared memory size overflows"))?,
         })
     }
+    /// Whether the launch has no block (nothing to do; drivers reject it).
+    pub fn is_empty(&self) -> bool {
+        self.grid.0 == 0 || self.grid.1 == 0 || self.grid.2 == 0
+    }
+
+    /// Checks the dynamic shared memory against what kernel `name` may use
+    /// on `backend`'s device.
+    pub fn check_shared(&self, backend: &str, name: &str, max_shared: u32) -> Result<()> {
+        if self.shared > max_shared {
+            return Err(Error::Unsupported {
+                backend: backend.into(),
+                what: format!(
+                    "{name} with {} bytes of shared memory (the device allows {max_shared}); use a smaller head_dim or GQA group",
+                    self.shared
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// One block per `per_block` elements of `count`.
     pub fn linear(count: usize, per_block: u32) -> Result<Config> {
         Config::new(

@@ -3,9 +3,8 @@
 
 use crate::hip::{self, HipError, Runtime, Stream};
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use tessera_core::{Error, Result};
+use tessera_gpu_kernels::graphs::CaptureState;
 
 /// Bytes of LDS one workgroup may use: 64 KiB on every CDNA and RDNA part
 /// hipRTC targets here (read from the device it would need the attribute
@@ -24,8 +23,7 @@ pub struct Gpu {
     /// on this device: the runner's small per-step buffers then cost no
     /// device sync (hipFree waits for the whole device).
     ordered: Option<(hip::MallocAsyncFn, hip::FreeAsyncFn)>,
-    capturing: AtomicBool,
-    deferred_frees: Mutex<Vec<u64>>,
+    capture: CaptureState,
 }
 
 // SAFETY: the stream and device pointers are usable from any thread; the HIP
@@ -105,8 +103,7 @@ impl Gpu {
                 total_memory: info.total_memory,
                 stream,
                 ordered: stream_ordered_allocation(rt, stream),
-                capturing: AtomicBool::new(false),
-                deferred_frees: Mutex::new(vec![]),
+                capture: CaptureState::default(),
             })
         }
     }
@@ -169,10 +166,7 @@ impl Gpu {
     /// the free is not recorded into the graph (hipFree also waits for the
     /// device, which a capture forbids).
     pub fn free(&self, ptr: u64) {
-        if self.is_capturing() {
-            if let Ok(mut v) = self.deferred_frees.lock() {
-                v.push(ptr);
-            }
+        if self.capture.defer_free(ptr) {
             return;
         }
         if self.bind().is_ok() {
@@ -188,20 +182,12 @@ impl Gpu {
     }
 
     pub fn is_capturing(&self) -> bool {
-        self.capturing.load(Ordering::Acquire)
+        self.capture.is_capturing()
     }
 
     pub fn set_capturing(&self, on: bool) {
-        self.capturing.store(on, Ordering::Release);
-        if !on {
-            let pending = self
-                .deferred_frees
-                .lock()
-                .map(|mut v| std::mem::take(&mut *v))
-                .unwrap_or_default();
-            for p in pending {
-                self.free(p);
-            }
+        for p in self.capture.set(on) {
+            self.free(p);
         }
     }
 

@@ -98,17 +98,9 @@ impl Functions {
                 "kernel {name} takes parameters ({signature}) but was given ({given}) (p: pointer, 4: 4-byte value)"
             )));
         }
-        if cfg.shared > *max_shared {
-            return Err(Error::Unsupported {
-                backend: "rocm".into(),
-                what: format!(
-                    "{name} with {} bytes of shared memory (the device allows {max_shared}); use a smaller head_dim or GQA group",
-                    cfg.shared
-                ),
-            });
-        }
-        if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
-            return Ok(()); // nothing to do
+        cfg.check_shared("rocm", name, *max_shared)?;
+        if cfg.is_empty() {
+            return Ok(());
         }
         let mut params = args.params();
         gpu.bind()?;

@@ -11,62 +11,31 @@
 //! calls, hipBLASLt/rocBLAS, HIP graphs, real parallel timing.
 
 use std::sync::Arc;
-use tessera_conformance::{run_on, Layer, Options};
+use tessera_conformance::{assert_layer_on, assert_tiny_models, Layer};
 use tessera_core::hal::Device;
 
-fn device() -> Arc<dyn Device> {
-    tessera_gpu_kernels::emulator::device(
-        "rocm-emu-wave64",
-        64,
-        tessera_rocm::device::capabilities(false),
-    )
-    .expect("build the kernel emulation")
-}
+const NAME: &str = "rocm-emu-wave64";
 
-fn assert_layer(layer: Layer) {
-    let dev = device();
-    let opts = Options {
-        layers: vec![layer],
-        ..Options::default()
-    };
-    let report = run_on("rocm-emu-wave64", &dev, &opts).expect("run the suite");
-    let mut table = vec![];
-    let _ = report.print(&mut table);
-    eprintln!("{}", String::from_utf8_lossy(&table));
-    let failed: Vec<String> = report
-        .failures()
-        .map(|c| format!("  {} {} {}: {}", c.name, c.dtype, c.group, c.detail))
-        .collect();
-    assert!(
-        report.passed(),
-        "{}\n{}",
-        report.summary(),
-        failed.join("\n")
-    );
+fn device() -> Arc<dyn Device> {
+    tessera_gpu_kernels::emulator::device(NAME, 64, tessera_rocm::device::capabilities(false))
+        .expect("build the kernel emulation")
 }
 
 #[test]
 fn every_op_matches_the_reference_with_64_lane_wavefronts() {
-    assert_layer(Layer::Ops);
+    assert_layer_on(NAME, &device(), Layer::Ops);
 }
 
+/// The tiny fixture models against transformers (the default model would
+/// take the emulation many minutes; the GPU check covers real shapes).
 #[test]
 fn tiny_models_match_transformers_with_64_lane_wavefronts() {
-    let dev = device();
-    let checks = tessera_conformance::models::check_tiny(&dev);
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| c.status == tessera_conformance::Status::Fail)
-        .map(|c| format!("  {} {} {}: {}", c.name, c.dtype, c.group, c.detail))
-        .collect();
-    assert!(checks.len() >= 8, "the tiny fixtures ran");
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_tiny_models(&device());
 }
 
 /// The engine layer (chunked = whole, batched = alone, prefix hit = miss,
-/// preempted = uninterrupted, seeded = reproducible, the LoRA slot checks)
-/// through the same kernels with 64-lane wavefronts.
+/// preempted = uninterrupted, seeded = reproducible, the LoRA slot checks).
 #[test]
 fn engine_invariants_hold_with_64_lane_wavefronts() {
-    assert_layer(Layer::Engine);
+    assert_layer_on(NAME, &device(), Layer::Engine);
 }
