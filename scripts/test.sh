@@ -3,8 +3,8 @@
 # the openai Python client the server tests drive it with and the XLA CPU
 # PJRT plugin the tpu backend is tested on, NVIDIA's NVRTC + ptxas wheels
 # the cuda kernels are compiled with (all cached) and Debian's HIP, whose
-# hipRTC compiles the same kernels for AMD GPUs, and the Level Zero loader
-# (both apt),
+# hipRTC compiles the same kernels for AMD GPUs, and the gaudi backend's
+# Level Zero loader, PoCL and SPIR-V tools (all apt),
 # then runs every crate's tests. Needs only Rust and python3 with pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +13,10 @@ scripts/install-test-deps.sh >/dev/null
 scripts/fetch-pjrt-plugin.sh >/dev/null
 scripts/fetch-cuda-tools.sh >/dev/null
 scripts/install-hip.sh
-scripts/install-level-zero.sh
-# With HIP and the Level Zero loader installed, their tests must find them
-# (not skip).
-export TESSERA_EXPECT_HIP=1 TESSERA_EXPECT_LEVEL_ZERO=1
+scripts/install-gaudi-deps.sh
+# With HIP, the Level Zero loader, PoCL and the SPIR-V tools installed, their
+# tests must find them (not skip).
+export TESSERA_EXPECT_HIP=1 TESSERA_EXPECT_LEVEL_ZERO=1 TESSERA_EXPECT_OPENCL=1 TESSERA_EXPECT_SPIRV_TOOLS=1
 # The cuda kernels also run on the CPU under an emulation built with g++.
 if ! command -v g++ >/dev/null; then
   sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 const LINKED_BACKENDS: &[&str] = &[
     tessera_cpu::BACKEND_NAME,
     tessera_cuda::BACKEND_NAME,
+    tessera_gaudi::BACKEND_NAME,
     tessera_reference::BACKEND_NAME,
     tessera_rocm::BACKEND_NAME,
     tessera_tpu::BACKEND_NAME,

@@ -41,6 +41,11 @@ pub trait StreamGpu: Send + Sync + 'static {
     fn end_capture(&self, keep: bool) -> Result<Option<Self::GraphExec>>;
     /// Replays a graph on the stream.
     fn launch_graph(&self, exec: &Self::GraphExec) -> Result<()>;
+    /// Whether the GPU records graphs at all (a runtime without them runs
+    /// every step eagerly).
+    fn can_capture(&self) -> bool {
+        true
+    }
 
     /// The device address of a tensor's first element.
     fn tensor_address(&self, t: &Tensor) -> Result<u64> {
@@ -58,7 +63,7 @@ impl<G: StreamGpu, R: Runtime + 'static> GpuDevice<G, R> {
     /// `graphs_env` (`TESSERA_CUDA_GRAPHS`) set to 0 turns capture off, to
     /// compare or to debug.
     pub fn new(gpu: Arc<G>, kernels: Arc<GpuKernels<R>>, graphs_env: &str) -> Self {
-        let graphs = std::env::var(graphs_env).map_or(true, |v| v != "0");
+        let graphs = gpu.can_capture() && std::env::var(graphs_env).map_or(true, |v| v != "0");
         GpuDevice {
             gpu,
             kernels,

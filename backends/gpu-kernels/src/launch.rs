@@ -46,6 +46,13 @@ impl Args {
         &self.kinds
     }
 
+    /// The values, in order: a pointer's 8 bytes, an int's or float's 4
+    /// (little-endian, zero-padded), for APIs that take one argument per
+    /// call (OpenCL, Level Zero).
+    pub fn values(&self) -> &[[u8; 8]] {
+        &self.values
+    }
+
     /// One pointer per argument, at its value: what `cuLaunchKernel` and
     /// `hipModuleLaunchKernel` take as `kernelParams`. Valid while `self` is neither moved nor changed.
     pub fn params(&mut self) -> Vec<*mut c_void> {

@@ -66,9 +66,6 @@ pub struct OpenOptions {
     pub threads: Option<usize>,
 }
 
-/// Backends the design names that a build may not include yet.
-const PLANNED: &[&str] = &["rocm", "gaudi"];
-
 /// Every linked backend, sorted by name.
 pub fn backends() -> Vec<&'static BackendEntry> {
     let mut v: Vec<_> = inventory::iter::<BackendEntry>.into_iter().collect();
@@ -119,12 +116,10 @@ pub fn open_device(spec: &str, threads: Option<usize>) -> Result<Arc<dyn Device>
         .into_iter()
         .find(|b| b.name == name)
         .ok_or_else(|| {
-            let why = if PLANNED.contains(&name) {
-                "this build has no such backend yet"
-            } else {
-                "unknown device"
-            };
-            Error::device(spec, format!("{why}; choose one of: auto, {}", names()))
+            Error::device(
+                spec,
+                format!("unknown device; choose one of: auto, {}", names()),
+            )
         })?;
     let probe = (entry.probe)();
     if !probe.available() {

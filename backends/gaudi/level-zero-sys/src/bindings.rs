@@ -217,6 +217,7 @@ pub type ze_device_properties_t = _ze_device_properties_t;
 pub type ze_device_compute_properties_t = _ze_device_compute_properties_t;
 pub type ze_native_kernel_uuid_t = _ze_native_kernel_uuid_t;
 pub type ze_device_module_properties_t = _ze_device_module_properties_t;
+pub type ze_command_queue_group_properties_t = _ze_command_queue_group_properties_t;
 pub type ze_device_memory_properties_t = _ze_device_memory_properties_t;
 pub type ze_context_desc_t = _ze_context_desc_t;
 pub type ze_command_queue_desc_t = _ze_command_queue_desc_t;
@@ -329,6 +330,24 @@ pub struct _ze_device_module_properties_t {
     pub printfBufferSize: u32,
     pub nativeKernelSupported: ze_native_kernel_uuid_t,
 }
+pub type ze_command_queue_group_property_flags_t = u32;
+pub const ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COMPUTE: _ze_command_queue_group_property_flag_t = 1;
+pub const ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COPY: _ze_command_queue_group_property_flag_t = 2;
+pub const ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COOPERATIVE_KERNELS:
+    _ze_command_queue_group_property_flag_t = 4;
+pub const ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_METRICS: _ze_command_queue_group_property_flag_t = 8;
+pub const ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_FORCE_UINT32:
+    _ze_command_queue_group_property_flag_t = 2147483647;
+pub type _ze_command_queue_group_property_flag_t = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _ze_command_queue_group_properties_t {
+    pub stype: ze_structure_type_t,
+    pub pNext: *mut ::std::os::raw::c_void,
+    pub flags: ze_command_queue_group_property_flags_t,
+    pub maxMemoryFillPatternSize: usize,
+    pub numQueues: u32,
+}
 pub type ze_device_memory_property_flags_t = u32;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -374,6 +393,11 @@ pub struct _ze_command_queue_desc_t {
     pub priority: ze_command_queue_priority_t,
 }
 pub type ze_event_pool_flags_t = u32;
+pub const ZE_EVENT_POOL_FLAG_HOST_VISIBLE: _ze_event_pool_flag_t = 1;
+pub const ZE_EVENT_POOL_FLAG_IPC: _ze_event_pool_flag_t = 2;
+pub const ZE_EVENT_POOL_FLAG_KERNEL_TIMESTAMP: _ze_event_pool_flag_t = 4;
+pub const ZE_EVENT_POOL_FLAG_FORCE_UINT32: _ze_event_pool_flag_t = 2147483647;
+pub type _ze_event_pool_flag_t = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct _ze_event_pool_desc_t {
@@ -383,6 +407,11 @@ pub struct _ze_event_pool_desc_t {
     pub count: u32,
 }
 pub type ze_event_scope_flags_t = u32;
+pub const ZE_EVENT_SCOPE_FLAG_SUBDEVICE: _ze_event_scope_flag_t = 1;
+pub const ZE_EVENT_SCOPE_FLAG_DEVICE: _ze_event_scope_flag_t = 2;
+pub const ZE_EVENT_SCOPE_FLAG_HOST: _ze_event_scope_flag_t = 4;
+pub const ZE_EVENT_SCOPE_FLAG_FORCE_UINT32: _ze_event_scope_flag_t = 2147483647;
+pub type _ze_event_scope_flag_t = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct _ze_event_desc_t {
@@ -510,6 +539,11 @@ pub struct ZeLoader {
         hDevice: ze_device_handle_t,
         pModuleProperties: *mut ze_device_module_properties_t,
     ) -> ze_result_t,
+    pub zeDeviceGetCommandQueueGroupProperties: unsafe extern "C" fn(
+        hDevice: ze_device_handle_t,
+        pCount: *mut u32,
+        pCommandQueueGroupProperties: *mut ze_command_queue_group_properties_t,
+    ) -> ze_result_t,
     pub zeDeviceGetMemoryProperties: unsafe extern "C" fn(
         hDevice: ze_device_handle_t,
         pCount: *mut u32,
@@ -604,6 +638,11 @@ pub struct ZeLoader {
         pSize: *mut usize,
         pBuildLog: *mut ::std::os::raw::c_char,
     ) -> ze_result_t,
+    pub zeModuleGetNativeBinary: unsafe extern "C" fn(
+        hModule: ze_module_handle_t,
+        pSize: *mut usize,
+        pModuleNativeBinary: *mut u8,
+    ) -> ze_result_t,
     pub zeKernelCreate: unsafe extern "C" fn(
         hModule: ze_module_handle_t,
         desc: *const ze_kernel_desc_t,
@@ -670,6 +709,9 @@ impl ZeLoader {
         let zeDeviceGetModuleProperties = __library
             .get(b"zeDeviceGetModuleProperties\0")
             .map(|sym| *sym)?;
+        let zeDeviceGetCommandQueueGroupProperties = __library
+            .get(b"zeDeviceGetCommandQueueGroupProperties\0")
+            .map(|sym| *sym)?;
         let zeDeviceGetMemoryProperties = __library
             .get(b"zeDeviceGetMemoryProperties\0")
             .map(|sym| *sym)?;
@@ -707,6 +749,9 @@ impl ZeLoader {
         let zeModuleBuildLogGetString = __library
             .get(b"zeModuleBuildLogGetString\0")
             .map(|sym| *sym)?;
+        let zeModuleGetNativeBinary = __library
+            .get(b"zeModuleGetNativeBinary\0")
+            .map(|sym| *sym)?;
         let zeKernelCreate = __library.get(b"zeKernelCreate\0").map(|sym| *sym)?;
         let zeKernelDestroy = __library.get(b"zeKernelDestroy\0").map(|sym| *sym)?;
         let zeKernelSetGroupSize = __library.get(b"zeKernelSetGroupSize\0").map(|sym| *sym)?;
@@ -730,6 +775,7 @@ impl ZeLoader {
             zeDeviceGetProperties,
             zeDeviceGetComputeProperties,
             zeDeviceGetModuleProperties,
+            zeDeviceGetCommandQueueGroupProperties,
             zeDeviceGetMemoryProperties,
             zeContextCreate,
             zeContextDestroy,
@@ -751,6 +797,7 @@ impl ZeLoader {
             zeModuleDestroy,
             zeModuleBuildLogDestroy,
             zeModuleBuildLogGetString,
+            zeModuleGetNativeBinary,
             zeKernelCreate,
             zeKernelDestroy,
             zeKernelSetGroupSize,
@@ -812,6 +859,14 @@ impl ZeLoader {
         pModuleProperties: *mut ze_device_module_properties_t,
     ) -> ze_result_t {
         (self.zeDeviceGetModuleProperties)(hDevice, pModuleProperties)
+    }
+    pub unsafe fn zeDeviceGetCommandQueueGroupProperties(
+        &self,
+        hDevice: ze_device_handle_t,
+        pCount: *mut u32,
+        pCommandQueueGroupProperties: *mut ze_command_queue_group_properties_t,
+    ) -> ze_result_t {
+        (self.zeDeviceGetCommandQueueGroupProperties)(hDevice, pCount, pCommandQueueGroupProperties)
     }
     pub unsafe fn zeDeviceGetMemoryProperties(
         &self,
@@ -985,6 +1040,14 @@ impl ZeLoader {
         pBuildLog: *mut ::std::os::raw::c_char,
     ) -> ze_result_t {
         (self.zeModuleBuildLogGetString)(hModuleBuildLog, pSize, pBuildLog)
+    }
+    pub unsafe fn zeModuleGetNativeBinary(
+        &self,
+        hModule: ze_module_handle_t,
+        pSize: *mut usize,
+        pModuleNativeBinary: *mut u8,
+    ) -> ze_result_t {
+        (self.zeModuleGetNativeBinary)(hModule, pSize, pModuleNativeBinary)
     }
     pub unsafe fn zeKernelCreate(
         &self,

@@ -1,0 +1,897 @@
+//! The Level Zero runtime of the gaudi backend (production: Intel GPUs and
+//! Gaudi): our kernels as one SPIR-V module, built by the driver and cached
+//! on disk as its native binary.
+//!
+//! - Memory is USM device allocations (`zeMemAllocDevice`): raw device
+//!   addresses, so the host passes `base + offset` to kernels as the CUDA and
+//!   HIP backends do, with no buffer objects to track.
+//! - All work goes through ONE immediate command list (asynchronous mode, on
+//!   a compute queue group): each append is submitted at once, with no
+//!   command lists to close, execute and recycle, which is what a stream of
+//!   small kernels needs. Level Zero only guarantees that a list's commands
+//!   *start* in order, so every asynchronous command is followed by a
+//!   barrier: the list then behaves like a CUDA stream.
+//! - Host waits (`synchronize`, `upload`, `download`) signal one host-visible
+//!   event from the last command, wait for it and reset it.
+//! - `zeMemFree` frees at once, so `free` defers a pointer until the queue is
+//!   next drained (any host wait), unless it is idle already: a free never
+//!   stalls the queue, and no kernel queued earlier loses its memory.
+//!
+//! Level Zero objects that are not thread-safe (the command list, the event,
+//! kernels and their arguments) are used only under the `queue` lock.
+
+use crate::api::Api;
+use level_zero_sys::*;
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::fmt::Display;
+use std::path::Path;
+use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use tessera_core::{Error, Result};
+use tessera_gpu_kernels::launch::{Args, Config};
+use tessera_gpu_kernels::sources::{cache_key, write_atomically};
+
+const BACKEND: &str = "gaudi";
+/// What `Api::alloc` promises.
+const ALIGN: usize = 256;
+/// SPIR-V carries its OpenCL C version; the driver needs no options.
+const BUILD_FLAGS: &std::ffi::CStr = c"";
+
+/// `"{call} answered {result}"`, with what to do where that is known.
+fn message(r: ze_result_t, call: impl Display) -> String {
+    let hint = match r {
+        ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY => {
+            " (the device is out of memory: lower --memory-utilization or use a smaller model)"
+        }
+        ZE_RESULT_ERROR_DEVICE_LOST => {
+            " (the device was lost: a kernel faulted or the driver reset it)"
+        }
+        _ => "",
+    };
+    format!("{call} answered {}{hint}", result_name(r))
+}
+
+fn ok(r: ze_result_t, call: impl Display) -> std::result::Result<(), String> {
+    if r == ZE_RESULT_SUCCESS {
+        Ok(())
+    } else {
+        Err(message(r, call))
+    }
+}
+
+fn check(r: ze_result_t, call: impl Display) -> Result<()> {
+    ok(r, call).map_err(|m| Error::device(BACKEND, m))
+}
+
+/// A C `char` array up to its NUL, as text.
+fn c_text(chars: &[std::os::raw::c_char]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A device of some driver, as `zeDeviceGet` lists them.
+struct Found {
+    driver: ze_driver_handle_t,
+    device: ze_device_handle_t,
+    props: ze_device_properties_t,
+    driver_version: u32,
+}
+
+impl Found {
+    fn description(&self) -> String {
+        let kind = match self.props.type_ {
+            ZE_DEVICE_TYPE_GPU => "GPU",
+            ZE_DEVICE_TYPE_CPU => "CPU",
+            ZE_DEVICE_TYPE_FPGA => "FPGA",
+            ZE_DEVICE_TYPE_MCA => "MCA",
+            ZE_DEVICE_TYPE_VPU => "VPU",
+            _ => "device",
+        };
+        // driverVersion is vendor-encoded; hex shows Intel's fields.
+        format!(
+            "{} ({kind}, Level Zero driver {:#x})",
+            c_text(&self.props.name),
+            self.driver_version
+        )
+    }
+}
+
+/// Every device of every driver, in order, or why there are none (the
+/// reasons of `level_zero_sys::drivers`, unchanged).
+fn found_devices() -> std::result::Result<(&'static ZeLoader, Vec<Found>), String> {
+    let drivers = level_zero_sys::drivers()?;
+    let ze = level_zero_sys::loader()?;
+    let mut all = vec![];
+    for driver in drivers {
+        // SAFETY: out-pointers to locals, sized by the preceding count
+        // query; every properties struct zeroed (valid for its plain
+        // fields) with the stype ze_api.h names for it.
+        unsafe {
+            let mut dp: ze_driver_properties_t = std::mem::zeroed();
+            dp.stype = ZE_STRUCTURE_TYPE_DRIVER_PROPERTIES;
+            ok(
+                ze.zeDriverGetProperties(driver, &mut dp),
+                "zeDriverGetProperties",
+            )?;
+            let mut count = 0u32;
+            ok(
+                ze.zeDeviceGet(driver, &mut count, null_mut()),
+                "zeDeviceGet",
+            )?;
+            let mut devices = vec![null_mut(); count as usize];
+            ok(
+                ze.zeDeviceGet(driver, &mut count, devices.as_mut_ptr()),
+                "zeDeviceGet",
+            )?;
+            devices.truncate(count as usize);
+            for device in devices {
+                let mut props: ze_device_properties_t = std::mem::zeroed();
+                props.stype = ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES;
+                ok(
+                    ze.zeDeviceGetProperties(device, &mut props),
+                    "zeDeviceGetProperties",
+                )?;
+                all.push(Found {
+                    driver,
+                    device,
+                    props,
+                    driver_version: dp.driverVersion,
+                });
+            }
+        }
+    }
+    if all.is_empty() {
+        return Err("no Level Zero device: the drivers list none".into());
+    }
+    Ok((ze, all))
+}
+
+/// The device's memory, all its memory ordinals together.
+fn memory_total(ze: &ZeLoader, device: ze_device_handle_t) -> std::result::Result<u64, String> {
+    // SAFETY: as in `found_devices`.
+    unsafe {
+        let mut count = 0u32;
+        ok(
+            ze.zeDeviceGetMemoryProperties(device, &mut count, null_mut()),
+            "zeDeviceGetMemoryProperties",
+        )?;
+        let mut one: ze_device_memory_properties_t = std::mem::zeroed();
+        one.stype = ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES;
+        let mut props = vec![one; count as usize];
+        ok(
+            ze.zeDeviceGetMemoryProperties(device, &mut count, props.as_mut_ptr()),
+            "zeDeviceGetMemoryProperties",
+        )?;
+        props.truncate(count as usize);
+        Ok(props.iter().map(|p| p.totalSize).sum())
+    }
+}
+
+/// Every Level Zero device: its description and memory in bytes.
+pub fn devices() -> std::result::Result<Vec<(String, u64)>, String> {
+    let (ze, found) = found_devices()?;
+    found
+        .iter()
+        .map(|f| Ok((f.description(), memory_total(ze, f.device)?)))
+        .collect()
+}
+
+struct Kernel {
+    handle: ze_kernel_handle_t,
+    /// `numKernelArgs`: the host's arguments, plus one `__local` buffer for
+    /// kernels that take one.
+    params: u32,
+    /// The group size last set (0: none), to skip setting it again.
+    group: u32,
+}
+
+/// What only one thread at a time may touch.
+struct Queue {
+    list: ze_command_list_handle_t,
+    /// Host-visible; signalled by the last command before a host wait.
+    event: ze_event_handle_t,
+    kernels: HashMap<String, Kernel>,
+    /// Freed pointers that queued work may still use: released at the next
+    /// host wait.
+    deferred: Vec<u64>,
+    /// Nothing queued since the last host wait.
+    idle: bool,
+}
+
+pub struct LevelZero {
+    ze: &'static ZeLoader,
+    device: ze_device_handle_t,
+    context: ze_context_handle_t,
+    module: ze_module_handle_t,
+    pool: ze_event_pool_handle_t,
+    queue: Mutex<Queue>,
+    /// Our live allocations and their sizes, for `mem_info`.
+    sizes: Mutex<HashMap<u64, u64>>,
+    allocated: AtomicU64,
+    total: u64,
+    max_alloc: u64,
+    max_local: u32,
+    description: String,
+}
+
+// SAFETY: Level Zero handles are not tied to the thread that made them.
+// The command list, the event and the kernels, which the header says must
+// not be used from simultaneous threads, are used only under the `queue`
+// lock (and in `Drop`, which has `&mut self`). The context, device and
+// module are used concurrently only by calls the header declares
+// thread-safe (zeMemAllocDevice, zeKernelCreate); zeMemFree is called once
+// per pointer. The loader is a table of function pointers.
+unsafe impl Send for LevelZero {}
+// SAFETY: as above.
+unsafe impl Sync for LevelZero {}
+
+impl LevelZero {
+    /// Device `ordinal` of `devices()`, with our kernels built for it (or
+    /// loaded from `cache_dir`).
+    pub fn open(ordinal: usize, spirv: &[u8], cache_dir: &Path) -> Result<LevelZero> {
+        let fail = |m: String| Error::device(BACKEND, m);
+        let (ze, mut found) = found_devices().map_err(fail)?;
+        let n = found.len();
+        if ordinal >= n {
+            return Err(fail(format!(
+                "no Level Zero device {ordinal}: there are {n} (gaudi:0..gaudi:{})",
+                n - 1
+            )));
+        }
+        let f = found.swap_remove(ordinal);
+        if spirv.len() < 20
+            || !matches!(
+                spirv[..4],
+                [0x03, 0x02, 0x23, 0x07] | [0x07, 0x23, 0x02, 0x03]
+            )
+        {
+            return Err(fail(format!(
+                "the kernels' SPIR-V ({} bytes) is not SPIR-V: rebuild it with kernels/opencl/build-spirv.sh",
+                spirv.len()
+            )));
+        }
+        // From here on, Drop destroys whatever was made if a step fails.
+        let mut me = LevelZero {
+            ze,
+            device: f.device,
+            context: null_mut(),
+            module: null_mut(),
+            pool: null_mut(),
+            queue: Mutex::new(Queue {
+                list: null_mut(),
+                event: null_mut(),
+                kernels: HashMap::new(),
+                deferred: vec![],
+                idle: true,
+            }),
+            sizes: Mutex::new(HashMap::new()),
+            allocated: AtomicU64::new(0),
+            total: memory_total(ze, f.device).map_err(fail)?,
+            max_alloc: f.props.maxMemAllocSize,
+            max_local: 0,
+            description: f.description(),
+        };
+        let q = me.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: descriptors and out-pointers are locals or fields of `me`,
+        // with the stypes ze_api.h names; counts size the arrays passed.
+        unsafe {
+            let mut cp: ze_device_compute_properties_t = std::mem::zeroed();
+            cp.stype = ZE_STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES;
+            check(
+                ze.zeDeviceGetComputeProperties(f.device, &mut cp),
+                "zeDeviceGetComputeProperties",
+            )?;
+            me.max_local = cp.maxSharedLocalMemory;
+
+            let desc = ze_context_desc_t {
+                stype: ZE_STRUCTURE_TYPE_CONTEXT_DESC,
+                pNext: null(),
+                flags: 0,
+            };
+            check(
+                ze.zeContextCreate(f.driver, &desc, &mut me.context),
+                "zeContextCreate",
+            )?;
+
+            // The first queue group that runs kernels (group 0 if none says so).
+            let mut count = 0u32;
+            let call = "zeDeviceGetCommandQueueGroupProperties";
+            check(
+                ze.zeDeviceGetCommandQueueGroupProperties(f.device, &mut count, null_mut()),
+                call,
+            )?;
+            let mut one: ze_command_queue_group_properties_t = std::mem::zeroed();
+            one.stype = ZE_STRUCTURE_TYPE_COMMAND_QUEUE_GROUP_PROPERTIES;
+            let mut groups = vec![one; count as usize];
+            check(
+                ze.zeDeviceGetCommandQueueGroupProperties(
+                    f.device,
+                    &mut count,
+                    groups.as_mut_ptr(),
+                ),
+                call,
+            )?;
+            groups.truncate(count as usize);
+            let ordinal = groups
+                .iter()
+                .position(|g| g.flags & ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COMPUTE != 0)
+                .unwrap_or(0) as u32;
+            let desc = ze_command_queue_desc_t {
+                stype: ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC,
+                pNext: null(),
+                ordinal,
+                index: 0,
+                flags: 0,
+                mode: ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+                priority: ZE_COMMAND_QUEUE_PRIORITY_NORMAL,
+            };
+            check(
+                ze.zeCommandListCreateImmediate(me.context, f.device, &desc, &mut q.list),
+                "zeCommandListCreateImmediate",
+            )?;
+
+            let desc = ze_event_pool_desc_t {
+                stype: ZE_STRUCTURE_TYPE_EVENT_POOL_DESC,
+                pNext: null(),
+                flags: ZE_EVENT_POOL_FLAG_HOST_VISIBLE,
+                count: 1,
+            };
+            let mut device = f.device;
+            check(
+                ze.zeEventPoolCreate(me.context, &desc, 1, &mut device, &mut me.pool),
+                "zeEventPoolCreate",
+            )?;
+            // Host scope: what the device wrote is visible to the host once
+            // the event is signalled (downloads).
+            let desc = ze_event_desc_t {
+                stype: ZE_STRUCTURE_TYPE_EVENT_DESC,
+                pNext: null(),
+                index: 0,
+                signal: ZE_EVENT_SCOPE_FLAG_HOST,
+                wait: ZE_EVENT_SCOPE_FLAG_HOST,
+            };
+            check(
+                ze.zeEventCreate(me.pool, &desc, &mut q.event),
+                "zeEventCreate",
+            )?;
+        }
+        let uuid: String = f.props.uuid.id.iter().map(|b| format!("{b:02x}")).collect();
+        // Bytes as Latin-1 chars: one char per byte, so distinct modules
+        // give distinct keys.
+        let spirv_text: String = spirv.iter().map(|&b| char::from(b)).collect();
+        let key = cache_key(&[
+            &spirv_text,
+            &c_text(&f.props.name),
+            &format!("{:#x}", f.driver_version),
+            &uuid,
+            &BUILD_FLAGS.to_string_lossy(),
+        ]);
+        me.module = me.load_module(spirv, &cache_dir.join(format!("{key:016x}.bin")))?;
+        Ok(me)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic under the lock leaves nothing half-done that the next user
+        // would trust: kernel arguments are all set again at each launch.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sizes(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.sizes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached native binary when it loads, else the module built from
+    /// SPIR-V, whose native binary is then cached (over a stale one).
+    fn load_module(&self, spirv: &[u8], path: &Path) -> Result<ze_module_handle_t> {
+        if let Ok(bin) = std::fs::read(path) {
+            match self.create_module(ZE_MODULE_FORMAT_NATIVE, &bin) {
+                Ok(m) => return Ok(m),
+                Err(e) => tracing::warn!(
+                    "{} did not load ({e}); building the kernels again",
+                    path.display()
+                ),
+            }
+        }
+        let module = self.create_module(ZE_MODULE_FORMAT_IL_SPIRV, spirv)?;
+        let mut size = 0usize;
+        // SAFETY: our module; the buffer has the size the first call gave.
+        let bin = unsafe {
+            ok(
+                self.ze
+                    .zeModuleGetNativeBinary(module, &mut size, null_mut()),
+                "zeModuleGetNativeBinary",
+            )
+            .and_then(|()| {
+                let mut bin = vec![0u8; size];
+                ok(
+                    self.ze
+                        .zeModuleGetNativeBinary(module, &mut size, bin.as_mut_ptr()),
+                    "zeModuleGetNativeBinary",
+                )?;
+                bin.truncate(size);
+                Ok(bin)
+            })
+        };
+        // A cache that cannot be written only costs a build next time.
+        match bin {
+            Ok(bin) if !bin.is_empty() => {
+                if let Err(e) = write_atomically(path, &bin) {
+                    tracing::warn!("could not cache the kernels in {}: {e}", path.display());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("kernels not cached: {e}"),
+        }
+        Ok(module)
+    }
+
+    /// A module from SPIR-V or a native binary; a failed build's error
+    /// carries the driver's build log.
+    fn create_module(
+        &self,
+        format: ze_module_format_t,
+        input: &[u8],
+    ) -> Result<ze_module_handle_t> {
+        let desc = ze_module_desc_t {
+            stype: ZE_STRUCTURE_TYPE_MODULE_DESC,
+            pNext: null(),
+            format,
+            inputSize: input.len(),
+            pInputModule: input.as_ptr(),
+            pBuildFlags: BUILD_FLAGS.as_ptr(),
+            pConstants: null(),
+        };
+        let (mut module, mut log) = (null_mut(), null_mut());
+        // SAFETY: `desc` points at `input` and a static string, both alive
+        // for the call; the build log is read, then destroyed once.
+        unsafe {
+            let r = self
+                .ze
+                .zeModuleCreate(self.context, self.device, &desc, &mut module, &mut log);
+            let mut text = String::new();
+            if !log.is_null() {
+                let mut size = 0usize;
+                if r != ZE_RESULT_SUCCESS
+                    && self
+                        .ze
+                        .zeModuleBuildLogGetString(log, &mut size, null_mut())
+                        == ZE_RESULT_SUCCESS
+                {
+                    let mut buf = vec![0 as std::os::raw::c_char; size.max(1)];
+                    if self
+                        .ze
+                        .zeModuleBuildLogGetString(log, &mut size, buf.as_mut_ptr())
+                        == ZE_RESULT_SUCCESS
+                    {
+                        text = c_text(&buf).trim().to_string();
+                    }
+                }
+                self.ze.zeModuleBuildLogDestroy(log);
+            }
+            let what = if format == ZE_MODULE_FORMAT_NATIVE {
+                "native binary"
+            } else {
+                "SPIR-V"
+            };
+            ok(r, format_args!("zeModuleCreate ({what})")).map_err(|m| {
+                let log = if text.is_empty() {
+                    String::new()
+                } else {
+                    format!("; build log:\n{text}")
+                };
+                Error::device(BACKEND, format!("{m}{log}"))
+            })?;
+            if module.is_null() {
+                return Err(Error::device(
+                    BACKEND,
+                    "zeModuleCreate succeeded without a module",
+                ));
+            }
+            Ok(module)
+        }
+    }
+
+    fn create_kernel(&self, name: &str) -> Result<Kernel> {
+        let cname =
+            CString::new(name).map_err(|_| Error::invalid(format!("kernel name {name:?}")))?;
+        let desc = ze_kernel_desc_t {
+            stype: ZE_STRUCTURE_TYPE_KERNEL_DESC,
+            pNext: null(),
+            flags: 0,
+            pKernelName: cname.as_ptr(),
+        };
+        let mut handle = null_mut();
+        // SAFETY: our module; `desc` and `props` are locals with their stypes;
+        // the kernel is destroyed if it is not kept.
+        unsafe {
+            check(
+                self.ze.zeKernelCreate(self.module, &desc, &mut handle),
+                format_args!("zeKernelCreate({name})"),
+            )?;
+            let mut props: ze_kernel_properties_t = std::mem::zeroed();
+            props.stype = ZE_STRUCTURE_TYPE_KERNEL_PROPERTIES;
+            let r = self.ze.zeKernelGetProperties(handle, &mut props);
+            if r != ZE_RESULT_SUCCESS {
+                self.ze.zeKernelDestroy(handle);
+                return Err(Error::device(
+                    BACKEND,
+                    message(r, format_args!("zeKernelGetProperties({name})")),
+                ));
+            }
+            Ok(Kernel {
+                handle,
+                params: props.numKernelArgs,
+                group: 0,
+            })
+        }
+    }
+
+    /// Orders the command just appended before everything after it.
+    fn barrier(&self, q: &mut Queue) -> Result<()> {
+        q.idle = false;
+        // SAFETY: our list, under the queue lock; no events.
+        check(
+            unsafe {
+                self.ze
+                    .zeCommandListAppendBarrier(q.list, null_mut(), 0, null_mut())
+            },
+            "zeCommandListAppendBarrier",
+        )
+    }
+
+    /// Waits for `q.event`, signalled by the last command appended (which,
+    /// after the barriers, ends after all others), then releases the
+    /// deferred frees.
+    fn wait(&self, q: &mut Queue) -> Result<()> {
+        // SAFETY: our event, under the queue lock.
+        let (r, reset) = unsafe {
+            let r = self.ze.zeEventHostSynchronize(q.event, u64::MAX);
+            (r, self.ze.zeEventHostReset(q.event))
+        };
+        check(r, "zeEventHostSynchronize")?;
+        check(reset, "zeEventHostReset")?;
+        q.idle = true;
+        for ptr in std::mem::take(&mut q.deferred) {
+            self.release(ptr);
+        }
+        Ok(())
+    }
+
+    fn release(&self, ptr: u64) {
+        // SAFETY: an allocation of ours, released once, no work using it queued.
+        let r = unsafe { self.ze.zeMemFree(self.context, ptr as *mut c_void) };
+        if let Err(e) = ok(r, "zeMemFree") {
+            tracing::warn!("{e}");
+        }
+        if let Some(bytes) = self.sizes().remove(&ptr) {
+            self.allocated.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn try_alloc(&self, bytes: usize) -> std::result::Result<u64, ze_result_t> {
+        let desc = ze_device_mem_alloc_desc_t {
+            stype: ZE_STRUCTURE_TYPE_DEVICE_MEM_ALLOC_DESC,
+            pNext: null(),
+            flags: 0,
+            ordinal: 0,
+        };
+        let mut p = null_mut();
+        // SAFETY: our context and device; zeMemAllocDevice is thread-safe.
+        let r = unsafe {
+            self.ze
+                .zeMemAllocDevice(self.context, &desc, bytes, ALIGN, self.device, &mut p)
+        };
+        match r {
+            ZE_RESULT_SUCCESS if p.is_null() => Err(ZE_RESULT_ERROR_UNKNOWN),
+            ZE_RESULT_SUCCESS => Ok(p as u64),
+            r => Err(r),
+        }
+    }
+
+    /// A host copy, waited for: the host slice is borrowed only for the call.
+    fn host_copy(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+        call: &str,
+    ) -> Result<()> {
+        let mut q = self.queue();
+        q.idle = false;
+        // SAFETY: our list, under the queue lock; the host memory outlives the
+        // copy, which `wait` sees end before returning.
+        check(
+            unsafe {
+                self.ze.zeCommandListAppendMemoryCopy(
+                    q.list,
+                    dst,
+                    src,
+                    bytes,
+                    q.event,
+                    0,
+                    null_mut(),
+                )
+            },
+            call,
+        )?;
+        self.wait(&mut q)
+    }
+}
+
+impl Api for LevelZero {
+    fn runtime_name(&self) -> &'static str {
+        "level-zero"
+    }
+
+    fn device_description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn mem_info(&self) -> Result<(u64, u64)> {
+        // Level Zero core has no free-memory query (only the Sysman API,
+        // which needs ZES_ENABLE_SYSMAN): what we have not allocated
+        // (deferred frees still count as allocated).
+        let used = self.allocated.load(Ordering::Relaxed);
+        Ok((self.total.saturating_sub(used), self.total))
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        let bytes = bytes.max(1);
+        if self.max_alloc > 0 && bytes as u64 > self.max_alloc {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "an allocation of {bytes} bytes is larger than the device allows in one piece ({} bytes, maxMemAllocSize)",
+                    self.max_alloc
+                ),
+            ));
+        }
+        let mut r = self.try_alloc(bytes);
+        if r == Err(ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY) && !self.queue().deferred.is_empty() {
+            // Deferred frees would make room once the queue drains.
+            self.synchronize()?;
+            r = self.try_alloc(bytes);
+        }
+        let ptr = r.map_err(|r| {
+            Error::device(
+                BACKEND,
+                message(r, format_args!("zeMemAllocDevice({bytes} bytes)")),
+            )
+        })?;
+        self.sizes().insert(ptr, bytes as u64);
+        self.allocated.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(ptr)
+    }
+
+    fn free(&self, ptr: u64) {
+        if ptr == 0 {
+            return;
+        }
+        let mut q = self.queue();
+        if q.idle {
+            self.release(ptr);
+        } else {
+            q.deferred.push(ptr);
+        }
+    }
+
+    fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.host_copy(
+            dst as *mut c_void,
+            src.as_ptr().cast(),
+            src.len(),
+            "zeCommandListAppendMemoryCopy (upload)",
+        )
+    }
+
+    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.host_copy(
+            dst.as_mut_ptr().cast(),
+            src as *const c_void,
+            dst.len(),
+            "zeCommandListAppendMemoryCopy (download)",
+        )
+    }
+
+    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut q = self.queue();
+        // SAFETY: our list, under the queue lock; device memory of ours.
+        let r = unsafe {
+            self.ze.zeCommandListAppendMemoryCopy(
+                q.list,
+                dst as *mut c_void,
+                src as *const c_void,
+                bytes,
+                null_mut(),
+                0,
+                null_mut(),
+            )
+        };
+        check(r, "zeCommandListAppendMemoryCopy")?;
+        self.barrier(&mut q)
+    }
+
+    fn fill_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // Static: valid whenever the driver reads the pattern. A 1-byte
+        // pattern is within every queue group's maxMemoryFillPatternSize.
+        static ZERO: u8 = 0;
+        let mut q = self.queue();
+        // SAFETY: our list, under the queue lock; device memory of ours.
+        let r = unsafe {
+            self.ze.zeCommandListAppendMemoryFill(
+                q.list,
+                dst as *mut c_void,
+                (&ZERO as *const u8).cast(),
+                1,
+                bytes,
+                null_mut(),
+                0,
+                null_mut(),
+            )
+        };
+        check(r, "zeCommandListAppendMemoryFill")?;
+        self.barrier(&mut q)
+    }
+
+    fn launch(&self, name: &str, cfg: &Config, args: &Args) -> Result<()> {
+        if cfg.is_empty() {
+            return Ok(());
+        }
+        cfg.check_shared(BACKEND, name, self.max_local)?;
+        let mut q = self.queue();
+        if !q.kernels.contains_key(name) {
+            let k = self.create_kernel(name)?;
+            q.kernels.insert(name.to_string(), k);
+        }
+        let list = q.list;
+        let k = q
+            .kernels
+            .get_mut(name)
+            .ok_or_else(|| Error::invalid(format!("kernel {name} vanished from the cache")))?;
+        let n = args.kinds().len() as u32;
+        let local = match k.params {
+            p if p == n => false,
+            p if p == n + 1 => true,
+            p => {
+                return Err(Error::invalid(format!(
+                    "kernel {name} takes {p} parameters but the host passes {n}: the kernel sources and the host disagree"
+                )))
+            }
+        };
+        // SAFETY: our kernel and list, under the queue lock. Each value is 8
+        // bytes, of which a pointer uses 8 (a USM address of ours, or 0 for
+        // null) and an int or float the first 4; the driver copies them.
+        unsafe {
+            for (i, (kind, value)) in args.kinds().chars().zip(args.values()).enumerate() {
+                let size = match kind {
+                    'p' => 8,
+                    'i' | 'f' => 4,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "kernel {name}: argument {i} of kind {other:?}"
+                        )))
+                    }
+                };
+                let r = self.ze.zeKernelSetArgumentValue(
+                    k.handle,
+                    i as u32,
+                    size,
+                    value.as_ptr().cast(),
+                );
+                check(r, format_args!("zeKernelSetArgumentValue({name}, {i})"))?;
+            }
+            if local {
+                // A __local parameter takes a size and no value.
+                let r = self.ze.zeKernelSetArgumentValue(
+                    k.handle,
+                    n,
+                    cfg.shared.max(4) as usize,
+                    null(),
+                );
+                check(r, format_args!("zeKernelSetArgumentValue({name}, __local)"))?;
+            }
+            if k.group != cfg.block {
+                check(
+                    self.ze.zeKernelSetGroupSize(k.handle, cfg.block, 1, 1),
+                    format_args!("zeKernelSetGroupSize({name}, {})", cfg.block),
+                )?;
+                k.group = cfg.block;
+            }
+            let groups = ze_group_count_t {
+                groupCountX: cfg.grid.0,
+                groupCountY: cfg.grid.1,
+                groupCountZ: cfg.grid.2,
+            };
+            let r = self.ze.zeCommandListAppendLaunchKernel(
+                list,
+                k.handle,
+                &groups,
+                null_mut(),
+                0,
+                null_mut(),
+            );
+            check(r, format_args!("zeCommandListAppendLaunchKernel({name})"))?;
+        }
+        self.barrier(&mut q)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        let mut q = self.queue();
+        if q.idle {
+            return Ok(());
+        }
+        // SAFETY: our list and event, under the queue lock. A barrier with no
+        // wait events waits for all previous commands.
+        check(
+            unsafe {
+                self.ze
+                    .zeCommandListAppendBarrier(q.list, q.event, 0, null_mut())
+            },
+            "zeCommandListAppendBarrier",
+        )?;
+        self.wait(&mut q)
+    }
+
+    fn max_local_bytes(&self) -> u32 {
+        self.max_local
+    }
+}
+
+impl Drop for LevelZero {
+    fn drop(&mut self) {
+        let ze = self.ze;
+        let q = self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: our objects, each destroyed once, children first, after the
+        // queue drained; null ones (a failed `open`) are skipped.
+        unsafe {
+            if !q.idle && !q.list.is_null() && !q.event.is_null() {
+                if ze.zeCommandListAppendBarrier(q.list, q.event, 0, null_mut())
+                    == ZE_RESULT_SUCCESS
+                {
+                    ze.zeEventHostSynchronize(q.event, u64::MAX);
+                }
+            }
+            // Deferred frees are among the live allocations.
+            let sizes = self.sizes.get_mut().unwrap_or_else(PoisonError::into_inner);
+            for &ptr in sizes.keys() {
+                ze.zeMemFree(self.context, ptr as *mut c_void);
+            }
+            for k in q.kernels.values() {
+                ze.zeKernelDestroy(k.handle);
+            }
+            if !self.module.is_null() {
+                ze.zeModuleDestroy(self.module);
+            }
+            if !q.event.is_null() {
+                ze.zeEventDestroy(q.event);
+            }
+            if !self.pool.is_null() {
+                ze.zeEventPoolDestroy(self.pool);
+            }
+            if !q.list.is_null() {
+                ze.zeCommandListDestroy(q.list);
+            }
+            if !self.context.is_null() {
+                ze.zeContextDestroy(self.context);
+            }
+        }
+    }
+}

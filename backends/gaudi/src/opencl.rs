@@ -1,0 +1,569 @@
+//! The OpenCL runtime of the gaudi backend: our kernels built from their
+//! OpenCL C source for any OpenCL 2.0+ device with shared virtual memory.
+//! In CI it runs them on PoCL (OpenCL on the CPU), which proves the kernels
+//! and all host logic above `Api` with no Intel hardware.
+//!
+//! `libOpenCL.so.1` (the ICD loader) is opened at run time by cl3. Memory is
+//! coarse-grained SVM: raw device pointers, like Level Zero's USM, so
+//! kernels take `base + offset` like everywhere else. One in-order queue
+//! orders all work; frees are enqueued on it (`clEnqueueSVMFree`), so a
+//! buffer outlives the kernels queued before its last handle dropped.
+
+use crate::api::Api;
+use crate::sources;
+use cl3::types::{
+    cl_command_queue, cl_context, cl_device_id, cl_int, cl_kernel, cl_program, CL_TRUE,
+};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::path::Path;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use tessera_core::{Error, Result};
+use tessera_gpu_kernels::launch::{Args, Config};
+
+const BACKEND: &str = "gaudi";
+/// `-cl-kernel-arg-info` lets `launch` check every argument's kind against
+/// the kernel's declaration, as the cuda (PTX) and rocm (metadata) backends do.
+const BUILD_OPTIONS: &str = "-cl-std=CL1.2 -cl-kernel-arg-info";
+
+fn cl_error(call: &str, code: cl_int) -> Error {
+    let hint = match code {
+        cl3::error_codes::DLOPEN_RUNTIME_LOAD_FAILED => {
+            " (libOpenCL.so.1 not found: install an OpenCL ICD loader and driver, e.g. Debian's ocl-icd-libopencl1 and pocl-opencl-icd)"
+        }
+        cl3::error_codes::CL_OUT_OF_RESOURCES | cl3::error_codes::CL_MEM_OBJECT_ALLOCATION_FAILURE => {
+            " (the device is out of memory: lower --memory-utilization or use a smaller model)"
+        }
+        _ => "",
+    };
+    Error::device(
+        BACKEND,
+        format!(
+            "OpenCL {call} answered {} ({code}){hint}",
+            cl3::error_codes::error_text(code)
+        ),
+    )
+}
+
+/// A device usable by this runtime: OpenCL 2.0+ with coarse-grained SVM.
+struct ClDevice {
+    id: cl_device_id,
+    description: String,
+    memory: u64,
+}
+
+fn info_string(device: cl_device_id, what: u32) -> String {
+    cl3::device::get_device_info(device, what)
+        .map(String::from)
+        .unwrap_or_default()
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
+}
+
+/// Every OpenCL device with SVM, over all platforms, in order; or why none.
+fn usable_devices() -> std::result::Result<Vec<ClDevice>, String> {
+    let platforms = cl3::platform::get_platform_ids().map_err(|e| match e {
+        cl3::error_codes::DLOPEN_RUNTIME_LOAD_FAILED => {
+            "libOpenCL.so.1 not found: no OpenCL ICD loader on this machine (install ocl-icd-libopencl1 and a driver such as pocl-opencl-icd)".to_string()
+        }
+        code => format!(
+            "no OpenCL platform: clGetPlatformIDs answered {} ({code})",
+            cl3::error_codes::error_text(code)
+        ),
+    })?;
+    let mut out = vec![];
+    let mut skipped = vec![];
+    for platform in platforms {
+        let ids = cl3::device::get_device_ids(platform, cl3::device::CL_DEVICE_TYPE_ALL)
+            .unwrap_or_default();
+        for id in ids {
+            let name = info_string(id, cl3::device::CL_DEVICE_NAME);
+            let svm = cl3::device::get_device_info(id, cl3::device::CL_DEVICE_SVM_CAPABILITIES)
+                .map(u64::from)
+                .unwrap_or(0);
+            if svm & cl3::device::CL_DEVICE_SVM_COARSE_GRAIN_BUFFER == 0 {
+                skipped.push(name);
+                continue;
+            }
+            let memory = cl3::device::get_device_info(id, cl3::device::CL_DEVICE_GLOBAL_MEM_SIZE)
+                .map(u64::from)
+                .unwrap_or(0);
+            let description = format!(
+                "{name} ({}, OpenCL driver {})",
+                info_string(id, cl3::device::CL_DEVICE_VERSION),
+                info_string(id, cl3::device::CL_DRIVER_VERSION)
+            );
+            out.push(ClDevice {
+                id,
+                description,
+                memory,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(if skipped.is_empty() {
+            "no OpenCL device: the ICD loader found no platform with a device".into()
+        } else {
+            format!(
+                "no OpenCL device with shared virtual memory (OpenCL 2.0 SVM), which gaudi's OpenCL runtime needs: {}",
+                skipped.join(", ")
+            )
+        });
+    }
+    Ok(out)
+}
+
+/// The OpenCL devices this runtime can open: description and memory size.
+pub fn devices() -> std::result::Result<Vec<(String, u64)>, String> {
+    Ok(usable_devices()?
+        .into_iter()
+        .map(|d| (d.description, d.memory))
+        .collect())
+}
+
+/// A kernel of the program and its parameter kinds (`p` global pointer,
+/// `i` int, `f` float, `l` local memory), read from the program.
+struct Kernel {
+    handle: cl_kernel,
+    kinds: String,
+}
+
+pub struct OpenCl {
+    device: cl_device_id,
+    context: cl_context,
+    queue: cl_command_queue,
+    program: cl_program,
+    /// Kernels by name, made on first use. The lock also makes setting a
+    /// kernel's arguments and enqueuing it one step, as OpenCL requires.
+    kernels: Mutex<HashMap<String, Kernel>>,
+    description: String,
+    total: u64,
+    allocated: AtomicU64,
+    max_local: u32,
+}
+
+// SAFETY: OpenCL contexts, queues and programs are thread-safe objects
+// (OpenCL 2.0 §A.2); kernels are only touched under the `kernels` lock.
+unsafe impl Send for OpenCl {}
+// SAFETY: as above.
+unsafe impl Sync for OpenCl {}
+
+impl OpenCl {
+    /// Device `ordinal` of `devices()`, with our program built for it (or
+    /// loaded from the build cache in `cache_dir`).
+    pub fn open(ordinal: usize, cache_dir: &Path) -> Result<OpenCl> {
+        let mut all = usable_devices().map_err(|e| Error::device(BACKEND, e))?;
+        if ordinal >= all.len() {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "no OpenCL device {ordinal}: there are {} (gaudi:0..gaudi:{})",
+                    all.len(),
+                    all.len() - 1
+                ),
+            ));
+        }
+        let dev = all.swap_remove(ordinal);
+        let context = cl3::context::create_context(&[dev.id], ptr::null(), None, ptr::null_mut())
+            .map_err(|e| cl_error("clCreateContext", e))?;
+        let mut cl = OpenCl {
+            device: dev.id,
+            context,
+            queue: ptr::null_mut(),
+            program: ptr::null_mut(),
+            kernels: Mutex::new(HashMap::new()),
+            description: dev.description,
+            total: dev.memory,
+            allocated: AtomicU64::new(0),
+            max_local: cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_LOCAL_MEM_SIZE)
+                .map(u64::from)
+                .map_or(0, |v| v.min(u32::MAX as u64) as u32),
+        };
+        // SAFETY: a context and device of ours; default (in-order) properties.
+        cl.queue = unsafe {
+            cl3::command_queue::create_command_queue_with_properties(context, dev.id, ptr::null())
+        }
+        .map_err(|e| cl_error("clCreateCommandQueueWithProperties", e))?;
+        cl.program = cl.build(cache_dir)?;
+        Ok(cl)
+    }
+
+    /// Our program for this device: the cached binary when one exists and
+    /// loads, else built from source and cached.
+    fn build(&self, cache_dir: &Path) -> Result<cl_program> {
+        let source = sources::opencl_source();
+        let key =
+            tessera_gpu_kernels::sources::cache_key(&[&source, &self.description, BUILD_OPTIONS]);
+        let path = cache_dir.join(format!("{key:016x}.clbin"));
+        let options = CString::new(BUILD_OPTIONS).map_err(|_| Error::invalid("build options"))?;
+        if let Ok(binary) = std::fs::read(&path) {
+            // SAFETY: one device, one binary; the status array is sized by cl3.
+            if let Ok(p) = unsafe {
+                cl3::program::create_program_with_binary(self.context, &[self.device], &[&binary])
+            } {
+                if cl3::program::build_program(p, &[self.device], &options, None, ptr::null_mut())
+                    .is_ok()
+                {
+                    return Ok(p);
+                }
+                // SAFETY: created above, used by nothing.
+                unsafe { cl3::program::release_program(p).ok() };
+            }
+            tracing::warn!(
+                "the cached OpenCL binary {} does not load; building again",
+                path.display()
+            );
+        }
+        let program = cl3::program::create_program_with_source(self.context, &[&source])
+            .map_err(|e| cl_error("clCreateProgramWithSource", e))?;
+        if let Err(code) =
+            cl3::program::build_program(program, &[self.device], &options, None, ptr::null_mut())
+        {
+            let log = cl3::program::get_program_build_info(
+                program,
+                self.device,
+                cl3::program::CL_PROGRAM_BUILD_LOG,
+            )
+            .map(String::from)
+            .unwrap_or_default();
+            // SAFETY: created above, used by nothing.
+            unsafe { cl3::program::release_program(program).ok() };
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "building the kernels failed ({}): {}",
+                    cl3::error_codes::error_text(code),
+                    log.trim()
+                ),
+            ));
+        }
+        if let Ok(binaries) =
+            cl3::program::get_program_info(program, cl3::program::CL_PROGRAM_BINARIES)
+                .map(Vec::<Vec<u8>>::from)
+        {
+            if let Some(b) = binaries.first().filter(|b| !b.is_empty()) {
+                if let Err(e) = std::fs::create_dir_all(cache_dir)
+                    .and_then(|_| tessera_gpu_kernels::sources::write_atomically(&path, b))
+                {
+                    tracing::warn!(
+                        "could not cache the OpenCL binary in {}: {e}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        Ok(program)
+    }
+
+    fn kernel_kinds(handle: cl_kernel, name: &str) -> Result<String> {
+        let count: u32 = cl3::kernel::get_kernel_info(handle, cl3::kernel::CL_KERNEL_NUM_ARGS)
+            .map(u32::from)
+            .map_err(|e| cl_error("clGetKernelInfo", e))?;
+        (0..count)
+            .map(|i| {
+                let space: u32 = cl3::kernel::get_kernel_arg_info(
+                    handle,
+                    i,
+                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_QUALIFIER,
+                )
+                .map(u32::from)
+                .map_err(|e| cl_error("clGetKernelArgInfo", e))?;
+                let ty = cl3::kernel::get_kernel_arg_info(
+                    handle,
+                    i,
+                    cl3::kernel::CL_KERNEL_ARG_TYPE_NAME,
+                )
+                .map(String::from)
+                .unwrap_or_default();
+                let ty = ty.trim_end_matches('\0').trim();
+                Ok(match space {
+                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_LOCAL => 'l',
+                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_PRIVATE if ty == "int" => 'i',
+                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_PRIVATE if ty == "float" => 'f',
+                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_PRIVATE => {
+                        return Err(Error::invalid(format!(
+                            "kernel {name} takes a {ty} by value, which the host never passes"
+                        )))
+                    }
+                    _ => 'p',
+                })
+            })
+            .collect()
+    }
+
+    fn set_args(k: &Kernel, name: &str, cfg: &Config, args: &Args) -> Result<()> {
+        let host = args.kinds();
+        let local = match k.kinds.strip_prefix(host) {
+            Some("") => false,
+            Some("l") => true,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "kernel {name} takes ({}) but the host passes ({host}): the kernel sources and the host disagree",
+                    k.kinds
+                )))
+            }
+        };
+        for (i, (kind, value)) in host.chars().zip(args.values()).enumerate() {
+            let i = i as u32;
+            // SAFETY: each value matches the parameter's kind, checked above;
+            // pointers are SVM addresses of ours (or null).
+            let r = unsafe {
+                match kind {
+                    'p' => {
+                        let p = u64::from_le_bytes(*value);
+                        if p == 0 {
+                            // A null global pointer: OpenCL takes it as a null buffer.
+                            cl3::kernel::set_kernel_arg(k.handle, i, 8, ptr::null())
+                        } else {
+                            cl3::kernel::set_kernel_arg_svm_pointer(k.handle, i, p as *const c_void)
+                        }
+                    }
+                    _ => {
+                        cl3::kernel::set_kernel_arg(k.handle, i, 4, value.as_ptr() as *const c_void)
+                    }
+                }
+            };
+            r.map_err(|e| cl_error(&format!("clSetKernelArg({name}, {i})"), e))?;
+        }
+        if local {
+            let bytes = (cfg.shared as usize).max(4);
+            // SAFETY: a __local parameter takes a size and no value.
+            unsafe { cl3::kernel::set_kernel_arg(k.handle, host.len() as u32, bytes, ptr::null()) }
+                .map_err(|e| cl_error(&format!("clSetKernelArg({name}, local)"), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Api for OpenCl {
+    fn runtime_name(&self) -> &'static str {
+        "opencl"
+    }
+
+    fn device_description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn mem_info(&self) -> Result<(u64, u64)> {
+        // OpenCL has no free-memory query: what we have not allocated.
+        let used = self.allocated.load(Ordering::Relaxed);
+        Ok((self.total.saturating_sub(used), self.total))
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        let flags = cl3::memory::CL_MEM_READ_WRITE;
+        // Alignment 0 is the device's largest type's (PoCL: 128 bytes);
+        // larger values may be refused.
+        // SAFETY: our context; the pointer is freed by `free`.
+        let p = unsafe { cl3::memory::svm_alloc(self.context, flags, bytes.max(1), 0) }
+            .map_err(|e| cl_error("clSVMAlloc", e))?;
+        if p.is_null() {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "OpenCL clSVMAlloc of {bytes} bytes failed (out of device memory: lower --memory-utilization or use a smaller model)"
+                ),
+            ));
+        }
+        self.allocated.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(p as u64)
+    }
+
+    fn free(&self, ptr: u64) {
+        let p = [ptr as *const c_void];
+        // SAFETY: an SVM pointer of ours, freed once, after the queued work.
+        let r = unsafe {
+            cl3::command_queue::enqueue_svm_free(
+                self.queue,
+                1,
+                p.as_ptr(),
+                None,
+                ptr::null_mut(),
+                0,
+                ptr::null(),
+            )
+        };
+        match r {
+            Ok(event) => {
+                // SAFETY: the event returned above, not used otherwise.
+                unsafe { cl3::event::release_event(event).ok() };
+            }
+            Err(e) => tracing::warn!("{}", cl_error("clEnqueueSVMFree", e)),
+        }
+    }
+
+    fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a blocking copy into our SVM memory, bounds checked by the caller.
+        let e = unsafe {
+            cl3::command_queue::enqueue_svm_mem_cpy(
+                self.queue,
+                CL_TRUE,
+                dst as *mut c_void,
+                src.as_ptr() as *const c_void,
+                src.len(),
+                0,
+                ptr::null(),
+            )
+        }
+        .map_err(|e| cl_error("clEnqueueSVMMemcpy (upload)", e))?;
+        release(e);
+        Ok(())
+    }
+
+    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a blocking copy out of our SVM memory, bounds checked by the caller.
+        let e = unsafe {
+            cl3::command_queue::enqueue_svm_mem_cpy(
+                self.queue,
+                CL_TRUE,
+                dst.as_mut_ptr() as *mut c_void,
+                src as *const c_void,
+                dst.len(),
+                0,
+                ptr::null(),
+            )
+        }
+        .map_err(|e| cl_error("clEnqueueSVMMemcpy (download)", e))?;
+        release(e);
+        Ok(())
+    }
+
+    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both SVM ranges of ours, bounds checked by the caller.
+        let e = unsafe {
+            cl3::command_queue::enqueue_svm_mem_cpy(
+                self.queue,
+                0,
+                dst as *mut c_void,
+                src as *const c_void,
+                bytes,
+                0,
+                ptr::null(),
+            )
+        }
+        .map_err(|e| cl_error("clEnqueueSVMMemcpy", e))?;
+        release(e);
+        Ok(())
+    }
+
+    fn fill_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let zero = 0u8;
+        // SAFETY: our SVM range; the 1-byte pattern is copied at enqueue time.
+        let e = unsafe {
+            cl3::command_queue::enqueue_svm_mem_fill(
+                self.queue,
+                dst as *mut c_void,
+                &zero as *const u8 as *const c_void,
+                1,
+                bytes,
+                0,
+                ptr::null(),
+            )
+        }
+        .map_err(|e| cl_error("clEnqueueSVMMemFill", e))?;
+        release(e);
+        Ok(())
+    }
+
+    fn launch(&self, name: &str, cfg: &Config, args: &Args) -> Result<()> {
+        if cfg.is_empty() {
+            return Ok(());
+        }
+        cfg.check_shared(BACKEND, name, self.max_local)?;
+        let mut kernels = self
+            .kernels
+            .lock()
+            .map_err(|_| Error::invalid("OpenCL kernel lock poisoned"))?;
+        if !kernels.contains_key(name) {
+            let cname = CString::new(name).map_err(|_| Error::invalid("kernel name"))?;
+            let handle = cl3::kernel::create_kernel(self.program, &cname)
+                .map_err(|e| cl_error(&format!("clCreateKernel({name})"), e))?;
+            let kinds = match Self::kernel_kinds(handle, name) {
+                Ok(k) => k,
+                Err(e) => {
+                    // SAFETY: created above, used by nothing.
+                    unsafe { cl3::kernel::release_kernel(handle).ok() };
+                    return Err(e);
+                }
+            };
+            kernels.insert(name.to_string(), Kernel { handle, kinds });
+        }
+        let k = &kernels[name];
+        Self::set_args(k, name, cfg, args)?;
+        let block = cfg.block as usize;
+        let global = [
+            cfg.grid.0 as usize * block,
+            cfg.grid.1 as usize,
+            cfg.grid.2 as usize,
+        ];
+        let local = [block, 1, 1];
+        // SAFETY: all arguments set above; sizes describe whole work-groups.
+        let e = unsafe {
+            cl3::command_queue::enqueue_nd_range_kernel(
+                self.queue,
+                k.handle,
+                3,
+                ptr::null(),
+                global.as_ptr(),
+                local.as_ptr(),
+                0,
+                ptr::null(),
+            )
+        }
+        .map_err(|e| cl_error(&format!("clEnqueueNDRangeKernel({name})"), e))?;
+        release(e);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        cl3::command_queue::finish(self.queue).map_err(|e| cl_error("clFinish", e))
+    }
+
+    fn max_local_bytes(&self) -> u32 {
+        self.max_local
+    }
+}
+
+/// Releases an event we do not wait on.
+fn release(event: cl3::types::cl_event) {
+    if !event.is_null() {
+        // SAFETY: an event returned by an enqueue call, released once.
+        unsafe { cl3::event::release_event(event).ok() };
+    }
+}
+
+impl Drop for OpenCl {
+    fn drop(&mut self) {
+        // SAFETY: our objects, released once, after the queue drained.
+        unsafe {
+            cl3::command_queue::finish(self.queue).ok();
+            if let Ok(kernels) = self.kernels.get_mut() {
+                for k in kernels.values() {
+                    cl3::kernel::release_kernel(k.handle).ok();
+                }
+            }
+            if !self.program.is_null() {
+                cl3::program::release_program(self.program).ok();
+            }
+            if !self.queue.is_null() {
+                cl3::command_queue::release_command_queue(self.queue).ok();
+            }
+            cl3::context::release_context(self.context).ok();
+        }
+    }
+}
