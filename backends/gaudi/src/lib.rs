@@ -91,24 +91,27 @@ fn probe() -> Probe {
 
 fn open(opts: &OpenOptions) -> Result<Arc<dyn Device>> {
     let kind = runtime_kind().map_err(|e| Error::device(BACKEND_NAME, e))?;
+    open_with(kind, opts.ordinal)
+}
+
+/// Device `ordinal` through runtime `kind`, whatever `TESSERA_GAUDI_RUNTIME`
+/// says (tests use this: setting the environment while a driver's threads
+/// read it is undefined behaviour).
+pub fn open_with(kind: RuntimeKind, ordinal: usize) -> Result<Arc<dyn Device>> {
     let api: Box<dyn api::Api> = match kind {
         RuntimeKind::LevelZero => Box::new(level_zero::LevelZero::open(
-            opts.ordinal,
+            ordinal,
             sources::SPIRV,
             &cache_dir(),
         )?),
-        RuntimeKind::OpenCl => Box::new(opencl::OpenCl::open(opts.ordinal, &cache_dir())?),
+        RuntimeKind::OpenCl => Box::new(opencl::OpenCl::open(ordinal, &cache_dir())?),
     };
     tracing::info!(
-        "gaudi:{} is {} through {}",
-        opts.ordinal,
+        "gaudi:{ordinal} is {} through {}",
         api.device_description(),
         api.runtime_name()
     );
-    let gpu = Arc::new(Gaudi {
-        api,
-        ordinal: opts.ordinal,
-    });
+    let gpu = Arc::new(Gaudi { api, ordinal });
     let kernels = Arc::new(GpuKernels::new(GaudiRuntime { gpu: gpu.clone() }));
     Ok(Arc::new(GpuDevice::new(
         gpu,

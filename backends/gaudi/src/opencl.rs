@@ -63,7 +63,12 @@ fn info_string(device: cl_device_id, what: u32) -> String {
         .to_string()
 }
 
+/// Serialises device discovery and context creation: PoCL 3.1 crashes when
+/// two threads query its devices while it initialises them.
+static DISCOVERY: Mutex<()> = Mutex::new(());
+
 /// Every OpenCL device with SVM, over all platforms, in order; or why none.
+/// Call with `DISCOVERY` held.
 fn usable_devices() -> std::result::Result<Vec<ClDevice>, String> {
     let platforms = cl3::platform::get_platform_ids().map_err(|e| match e {
         cl3::error_codes::DLOPEN_RUNTIME_LOAD_FAILED => {
@@ -118,6 +123,7 @@ fn usable_devices() -> std::result::Result<Vec<ClDevice>, String> {
 
 /// The OpenCL devices this runtime can open: description and memory size.
 pub fn devices() -> std::result::Result<Vec<(String, u64)>, String> {
+    let _discovery = DISCOVERY.lock().unwrap_or_else(|e| e.into_inner());
     Ok(usable_devices()?
         .into_iter()
         .map(|d| (d.description, d.memory))
@@ -155,6 +161,7 @@ impl OpenCl {
     /// Device `ordinal` of `devices()`, with our program built for it (or
     /// loaded from the build cache in `cache_dir`).
     pub fn open(ordinal: usize, cache_dir: &Path) -> Result<OpenCl> {
+        let discovery = DISCOVERY.lock().unwrap_or_else(|e| e.into_inner());
         let mut all = usable_devices().map_err(|e| Error::device(BACKEND, e))?;
         if ordinal >= all.len() {
             return Err(Error::device(
@@ -187,6 +194,7 @@ impl OpenCl {
             cl3::command_queue::create_command_queue_with_properties(context, dev.id, ptr::null())
         }
         .map_err(|e| cl_error("clCreateCommandQueueWithProperties", e))?;
+        drop(discovery);
         cl.program = cl.build(cache_dir)?;
         Ok(cl)
     }

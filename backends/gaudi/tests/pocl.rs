@@ -23,9 +23,7 @@ fn device() -> Option<Arc<dyn Device>> {
         eprintln!("skipped: {why}");
         return None;
     }
-    // SAFETY (of the test): tests in this file set the same value.
-    std::env::set_var("TESSERA_GAUDI_RUNTIME", "opencl");
-    let dev = tessera_core::hal::open_device(tessera_gaudi::BACKEND_NAME, None)
+    let dev = tessera_gaudi::open_with(tessera_gaudi::RuntimeKind::OpenCl, 0)
         .expect("open gaudi through OpenCL");
     Some(dev)
 }
