@@ -65,6 +65,39 @@ fn check(r: ze_result_t, call: impl Display) -> Result<()> {
     ok(r, call).map_err(|m| Error::device(BACKEND, m))
 }
 
+/// `check(ze.zeFoo(args), "zeFoo")`: a call, named in its error.
+macro_rules! ze {
+    ($ze:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        check($ze.$f($($arg),*), stringify!($f))
+    };
+}
+
+/// A zeroed properties struct (valid: integers, arrays, a null pNext) with
+/// the stype ze_api.h names for it, for the driver to fill.
+macro_rules! props {
+    ($t:ty, $stype:expr) => {{
+        // SAFETY: every field of these structs is valid as zero bytes.
+        let mut p: $t = unsafe { std::mem::zeroed() };
+        p.stype = $stype;
+        p
+    }};
+}
+
+/// A Level Zero list query: the count, then that many entries, each
+/// starting as `init`.
+fn query<T: Copy>(
+    init: T,
+    call: &str,
+    mut get: impl FnMut(&mut u32, *mut T) -> ze_result_t,
+) -> std::result::Result<Vec<T>, String> {
+    let mut count = 0u32;
+    ok(get(&mut count, null_mut()), call)?;
+    let mut all = vec![init; count as usize];
+    ok(get(&mut count, all.as_mut_ptr()), call)?;
+    all.truncate(count as usize);
+    Ok(all)
+}
+
 /// A C `char` array up to its NUL, as text.
 fn c_text(chars: &[std::os::raw::c_char]) -> String {
     let bytes: Vec<u8> = chars
@@ -94,13 +127,13 @@ impl Found {
             _ => "device",
         };
         // driverVersion is vendor-encoded; hex shows Intel's fields.
-        format!(
-            "{} ({kind}, Level Zero driver {:#x})",
-            c_text(&self.props.name),
-            self.driver_version
-        )
+        let (name, version) = (c_text(&self.props.name), self.driver_version);
+        format!("{name} ({kind}, Level Zero driver {version:#x})")
     }
 }
+
+// SAFETY (the queries below): handles from the loader, out-pointers to
+// locals, arrays sized by the count the driver gave.
 
 /// Every device of every driver, in order, or why there are none (the
 /// reasons of `level_zero_sys::drivers`, unchanged).
@@ -109,41 +142,27 @@ fn found_devices() -> std::result::Result<(&'static ZeLoader, Vec<Found>), Strin
     let ze = level_zero_sys::loader()?;
     let mut all = vec![];
     for driver in drivers {
-        // SAFETY: out-pointers to locals, sized by the preceding count
-        // query; every properties struct zeroed (valid for its plain
-        // fields) with the stype ze_api.h names for it.
-        unsafe {
-            let mut dp: ze_driver_properties_t = std::mem::zeroed();
-            dp.stype = ZE_STRUCTURE_TYPE_DRIVER_PROPERTIES;
+        let mut dp = props!(ze_driver_properties_t, ZE_STRUCTURE_TYPE_DRIVER_PROPERTIES);
+        ok(
+            unsafe { ze.zeDriverGetProperties(driver, &mut dp) },
+            "zeDriverGetProperties",
+        )?;
+        let devices = query(null_mut(), "zeDeviceGet", |n, p| unsafe {
+            ze.zeDeviceGet(driver, n, p)
+        })?;
+        for device in devices {
+            let mut props = props!(ze_device_properties_t, ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES);
             ok(
-                ze.zeDriverGetProperties(driver, &mut dp),
-                "zeDriverGetProperties",
+                unsafe { ze.zeDeviceGetProperties(device, &mut props) },
+                "zeDeviceGetProperties",
             )?;
-            let mut count = 0u32;
-            ok(
-                ze.zeDeviceGet(driver, &mut count, null_mut()),
-                "zeDeviceGet",
-            )?;
-            let mut devices = vec![null_mut(); count as usize];
-            ok(
-                ze.zeDeviceGet(driver, &mut count, devices.as_mut_ptr()),
-                "zeDeviceGet",
-            )?;
-            devices.truncate(count as usize);
-            for device in devices {
-                let mut props: ze_device_properties_t = std::mem::zeroed();
-                props.stype = ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES;
-                ok(
-                    ze.zeDeviceGetProperties(device, &mut props),
-                    "zeDeviceGetProperties",
-                )?;
-                all.push(Found {
-                    driver,
-                    device,
-                    props,
-                    driver_version: dp.driverVersion,
-                });
-            }
+            let driver_version = dp.driverVersion;
+            all.push(Found {
+                driver,
+                device,
+                props,
+                driver_version,
+            });
         }
     }
     if all.is_empty() {
@@ -154,23 +173,14 @@ fn found_devices() -> std::result::Result<(&'static ZeLoader, Vec<Found>), Strin
 
 /// The device's memory, all its memory ordinals together.
 fn memory_total(ze: &ZeLoader, device: ze_device_handle_t) -> std::result::Result<u64, String> {
-    // SAFETY: as in `found_devices`.
-    unsafe {
-        let mut count = 0u32;
-        ok(
-            ze.zeDeviceGetMemoryProperties(device, &mut count, null_mut()),
-            "zeDeviceGetMemoryProperties",
-        )?;
-        let mut one: ze_device_memory_properties_t = std::mem::zeroed();
-        one.stype = ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES;
-        let mut props = vec![one; count as usize];
-        ok(
-            ze.zeDeviceGetMemoryProperties(device, &mut count, props.as_mut_ptr()),
-            "zeDeviceGetMemoryProperties",
-        )?;
-        props.truncate(count as usize);
-        Ok(props.iter().map(|p| p.totalSize).sum())
-    }
+    let init = props!(
+        ze_device_memory_properties_t,
+        ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES
+    );
+    let all = query(init, "zeDeviceGetMemoryProperties", |n, p| unsafe {
+        ze.zeDeviceGetMemoryProperties(device, n, p)
+    })?;
+    Ok(all.iter().map(|p| p.totalSize).sum())
 }
 
 /// Every Level Zero device: its description and memory in bytes.
@@ -277,89 +287,74 @@ impl LevelZero {
             max_local: 0,
             description: f.description(),
         };
+        let mut cp = props!(
+            ze_device_compute_properties_t,
+            ZE_STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES
+        );
+        let init = props!(
+            ze_command_queue_group_properties_t,
+            ZE_STRUCTURE_TYPE_COMMAND_QUEUE_GROUP_PROPERTIES
+        );
+        let groups = query(
+            init,
+            "zeDeviceGetCommandQueueGroupProperties",
+            |n, p| unsafe { ze.zeDeviceGetCommandQueueGroupProperties(f.device, n, p) },
+        )
+        .map_err(fail)?;
+        // The first queue group that runs kernels (group 0 if none says so).
+        let ordinal = groups
+            .iter()
+            .position(|g| g.flags & ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COMPUTE != 0)
+            .unwrap_or(0) as u32;
+        let queue_desc = ze_command_queue_desc_t {
+            stype: ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC,
+            pNext: null(),
+            ordinal,
+            index: 0,
+            flags: 0,
+            mode: ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+            priority: ZE_COMMAND_QUEUE_PRIORITY_NORMAL,
+        };
+        let pool_desc = ze_event_pool_desc_t {
+            stype: ZE_STRUCTURE_TYPE_EVENT_POOL_DESC,
+            pNext: null(),
+            flags: ZE_EVENT_POOL_FLAG_HOST_VISIBLE,
+            count: 1,
+        };
+        // Host scope: what the device wrote is visible to the host once the
+        // event is signalled (downloads).
+        let event_desc = ze_event_desc_t {
+            stype: ZE_STRUCTURE_TYPE_EVENT_DESC,
+            pNext: null(),
+            index: 0,
+            signal: ZE_EVENT_SCOPE_FLAG_HOST,
+            wait: ZE_EVENT_SCOPE_FLAG_HOST,
+        };
+        let context_desc = ze_context_desc_t {
+            stype: ZE_STRUCTURE_TYPE_CONTEXT_DESC,
+            pNext: null(),
+            flags: 0,
+        };
         let q = me.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // SAFETY: descriptors and out-pointers are locals or fields of `me`,
-        // with the stypes ze_api.h names; counts size the arrays passed.
+        let mut device = f.device;
+        // SAFETY: descriptors are the locals above; out-pointers are fields
+        // of `me`, which its Drop destroys if a later step fails.
         unsafe {
-            let mut cp: ze_device_compute_properties_t = std::mem::zeroed();
-            cp.stype = ZE_STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES;
-            check(
-                ze.zeDeviceGetComputeProperties(f.device, &mut cp),
-                "zeDeviceGetComputeProperties",
-            )?;
+            ze!(ze, zeDeviceGetComputeProperties(f.device, &mut cp))?;
             me.max_local = cp.maxSharedLocalMemory;
-
-            let desc = ze_context_desc_t {
-                stype: ZE_STRUCTURE_TYPE_CONTEXT_DESC,
-                pNext: null(),
-                flags: 0,
-            };
-            check(
-                ze.zeContextCreate(f.driver, &desc, &mut me.context),
-                "zeContextCreate",
+            ze!(
+                ze,
+                zeContextCreate(f.driver, &context_desc, &mut me.context)
             )?;
-
-            // The first queue group that runs kernels (group 0 if none says so).
-            let mut count = 0u32;
-            let call = "zeDeviceGetCommandQueueGroupProperties";
-            check(
-                ze.zeDeviceGetCommandQueueGroupProperties(f.device, &mut count, null_mut()),
-                call,
+            ze!(
+                ze,
+                zeCommandListCreateImmediate(me.context, f.device, &queue_desc, &mut q.list)
             )?;
-            let mut one: ze_command_queue_group_properties_t = std::mem::zeroed();
-            one.stype = ZE_STRUCTURE_TYPE_COMMAND_QUEUE_GROUP_PROPERTIES;
-            let mut groups = vec![one; count as usize];
-            check(
-                ze.zeDeviceGetCommandQueueGroupProperties(
-                    f.device,
-                    &mut count,
-                    groups.as_mut_ptr(),
-                ),
-                call,
+            ze!(
+                ze,
+                zeEventPoolCreate(me.context, &pool_desc, 1, &mut device, &mut me.pool)
             )?;
-            groups.truncate(count as usize);
-            let ordinal = groups
-                .iter()
-                .position(|g| g.flags & ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COMPUTE != 0)
-                .unwrap_or(0) as u32;
-            let desc = ze_command_queue_desc_t {
-                stype: ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC,
-                pNext: null(),
-                ordinal,
-                index: 0,
-                flags: 0,
-                mode: ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
-                priority: ZE_COMMAND_QUEUE_PRIORITY_NORMAL,
-            };
-            check(
-                ze.zeCommandListCreateImmediate(me.context, f.device, &desc, &mut q.list),
-                "zeCommandListCreateImmediate",
-            )?;
-
-            let desc = ze_event_pool_desc_t {
-                stype: ZE_STRUCTURE_TYPE_EVENT_POOL_DESC,
-                pNext: null(),
-                flags: ZE_EVENT_POOL_FLAG_HOST_VISIBLE,
-                count: 1,
-            };
-            let mut device = f.device;
-            check(
-                ze.zeEventPoolCreate(me.context, &desc, 1, &mut device, &mut me.pool),
-                "zeEventPoolCreate",
-            )?;
-            // Host scope: what the device wrote is visible to the host once
-            // the event is signalled (downloads).
-            let desc = ze_event_desc_t {
-                stype: ZE_STRUCTURE_TYPE_EVENT_DESC,
-                pNext: null(),
-                index: 0,
-                signal: ZE_EVENT_SCOPE_FLAG_HOST,
-                wait: ZE_EVENT_SCOPE_FLAG_HOST,
-            };
-            check(
-                ze.zeEventCreate(me.pool, &desc, &mut q.event),
-                "zeEventCreate",
-            )?;
+            ze!(ze, zeEventCreate(me.pool, &event_desc, &mut q.event))?;
         }
         let uuid: String = f.props.uuid.id.iter().map(|b| format!("{b:02x}")).collect();
         // Bytes as Latin-1 chars: one char per byte, so distinct modules
@@ -399,25 +394,22 @@ impl LevelZero {
             }
         }
         let module = self.create_module(ZE_MODULE_FORMAT_IL_SPIRV, spirv)?;
-        let mut size = 0usize;
+        let (ze, mut size) = (self.ze, 0usize);
+        let call = "zeModuleGetNativeBinary";
         // SAFETY: our module; the buffer has the size the first call gave.
-        let bin = unsafe {
+        let bin = ok(
+            unsafe { ze.zeModuleGetNativeBinary(module, &mut size, null_mut()) },
+            call,
+        )
+        .and_then(|()| {
+            let mut bin = vec![0u8; size];
             ok(
-                self.ze
-                    .zeModuleGetNativeBinary(module, &mut size, null_mut()),
-                "zeModuleGetNativeBinary",
-            )
-            .and_then(|()| {
-                let mut bin = vec![0u8; size];
-                ok(
-                    self.ze
-                        .zeModuleGetNativeBinary(module, &mut size, bin.as_mut_ptr()),
-                    "zeModuleGetNativeBinary",
-                )?;
-                bin.truncate(size);
-                Ok(bin)
-            })
-        };
+                unsafe { ze.zeModuleGetNativeBinary(module, &mut size, bin.as_mut_ptr()) },
+                call,
+            )?;
+            bin.truncate(size);
+            Ok(bin)
+        });
         // A cache that cannot be written only costs a build next time.
         match bin {
             Ok(bin) if !bin.is_empty() => {
@@ -447,54 +439,40 @@ impl LevelZero {
             pBuildFlags: BUILD_FLAGS.as_ptr(),
             pConstants: null(),
         };
-        let (mut module, mut log) = (null_mut(), null_mut());
-        // SAFETY: `desc` points at `input` and a static string, both alive
-        // for the call; the build log is read, then destroyed once.
-        unsafe {
-            let r = self
-                .ze
-                .zeModuleCreate(self.context, self.device, &desc, &mut module, &mut log);
-            let mut text = String::new();
-            if !log.is_null() {
-                let mut size = 0usize;
+        let (ze, mut module, mut log) = (self.ze, null_mut(), null_mut());
+        // SAFETY: `desc` points at `input` and a static string, alive for the
+        // call; the build log is read, then destroyed once.
+        let r =
+            unsafe { ze.zeModuleCreate(self.context, self.device, &desc, &mut module, &mut log) };
+        let mut text = String::new();
+        if !log.is_null() {
+            let mut size = 0usize;
+            // SAFETY: as above; the buffer has the size the first call gave.
+            unsafe {
                 if r != ZE_RESULT_SUCCESS
-                    && self
-                        .ze
-                        .zeModuleBuildLogGetString(log, &mut size, null_mut())
-                        == ZE_RESULT_SUCCESS
+                    && ze.zeModuleBuildLogGetString(log, &mut size, null_mut()) == ZE_RESULT_SUCCESS
                 {
-                    let mut buf = vec![0 as std::os::raw::c_char; size.max(1)];
-                    if self
-                        .ze
-                        .zeModuleBuildLogGetString(log, &mut size, buf.as_mut_ptr())
+                    let mut buf = vec![0; size.max(1)];
+                    if ze.zeModuleBuildLogGetString(log, &mut size, buf.as_mut_ptr())
                         == ZE_RESULT_SUCCESS
                     {
-                        text = c_text(&buf).trim().to_string();
+                        text = format!("; build log:\n{}", c_text(&buf).trim());
                     }
                 }
-                self.ze.zeModuleBuildLogDestroy(log);
+                ze.zeModuleBuildLogDestroy(log);
             }
-            let what = if format == ZE_MODULE_FORMAT_NATIVE {
-                "native binary"
-            } else {
-                "SPIR-V"
-            };
-            ok(r, format_args!("zeModuleCreate ({what})")).map_err(|m| {
-                let log = if text.is_empty() {
-                    String::new()
-                } else {
-                    format!("; build log:\n{text}")
-                };
-                Error::device(BACKEND, format!("{m}{log}"))
-            })?;
-            if module.is_null() {
-                return Err(Error::device(
-                    BACKEND,
-                    "zeModuleCreate succeeded without a module",
-                ));
-            }
-            Ok(module)
         }
+        let what = if format == ZE_MODULE_FORMAT_NATIVE {
+            "native binary"
+        } else {
+            "SPIR-V"
+        };
+        ok(r, format_args!("zeModuleCreate ({what})"))
+            .map_err(|m| Error::device(BACKEND, format!("{m}{text}")))?;
+        if module.is_null() {
+            return Err(Error::device(BACKEND, "zeModuleCreate gave no module"));
+        }
+        Ok(module)
     }
 
     fn create_kernel(&self, name: &str) -> Result<Kernel> {
@@ -507,15 +485,14 @@ impl LevelZero {
             pKernelName: cname.as_ptr(),
         };
         let mut handle = null_mut();
-        // SAFETY: our module; `desc` and `props` are locals with their stypes;
-        // the kernel is destroyed if it is not kept.
+        let mut props = props!(ze_kernel_properties_t, ZE_STRUCTURE_TYPE_KERNEL_PROPERTIES);
+        // SAFETY: our module; `desc` and `props` are locals; the kernel is
+        // destroyed if it is not kept.
         unsafe {
             check(
                 self.ze.zeKernelCreate(self.module, &desc, &mut handle),
                 format_args!("zeKernelCreate({name})"),
             )?;
-            let mut props: ze_kernel_properties_t = std::mem::zeroed();
-            props.stype = ZE_STRUCTURE_TYPE_KERNEL_PROPERTIES;
             let r = self.ze.zeKernelGetProperties(handle, &mut props);
             if r != ZE_RESULT_SUCCESS {
                 self.ze.zeKernelDestroy(handle);
@@ -524,35 +501,51 @@ impl LevelZero {
                     message(r, format_args!("zeKernelGetProperties({name})")),
                 ));
             }
-            Ok(Kernel {
-                handle,
-                params: props.numKernelArgs,
-                group: 0,
-            })
+        }
+        Ok(Kernel {
+            handle,
+            params: props.numKernelArgs,
+            group: 0,
+        })
+    }
+
+    /// Appends a command (`append` gets the list), then a barrier: Level
+    /// Zero only orders when commands start, the barrier makes the next one
+    /// wait for this one to end, as on a CUDA stream.
+    fn enqueue(
+        &self,
+        q: &mut Queue,
+        call: impl Display,
+        append: impl FnOnce(ze_command_list_handle_t) -> ze_result_t,
+    ) -> Result<()> {
+        q.idle = false;
+        check(append(q.list), call)?;
+        // SAFETY: our list, under the queue lock; no events.
+        unsafe {
+            ze!(
+                self.ze,
+                zeCommandListAppendBarrier(q.list, null_mut(), 0, null_mut())
+            )
         }
     }
 
-    /// Orders the command just appended before everything after it.
-    fn barrier(&self, q: &mut Queue) -> Result<()> {
-        q.idle = false;
-        // SAFETY: our list, under the queue lock; no events.
-        check(
-            unsafe {
-                self.ze
-                    .zeCommandListAppendBarrier(q.list, null_mut(), 0, null_mut())
-            },
-            "zeCommandListAppendBarrier",
-        )
-    }
-
-    /// Waits for `q.event`, signalled by the last command appended (which,
-    /// after the barriers, ends after all others), then releases the
+    /// Appends a command that signals `q.event` (after the barriers, it ends
+    /// after all work before it), waits for it, resets it and releases the
     /// deferred frees.
-    fn wait(&self, q: &mut Queue) -> Result<()> {
+    fn finish(
+        &self,
+        q: &mut Queue,
+        call: &str,
+        append: impl FnOnce(ze_command_list_handle_t, ze_event_handle_t) -> ze_result_t,
+    ) -> Result<()> {
+        q.idle = false;
+        check(append(q.list, q.event), call)?;
         // SAFETY: our event, under the queue lock.
         let (r, reset) = unsafe {
-            let r = self.ze.zeEventHostSynchronize(q.event, u64::MAX);
-            (r, self.ze.zeEventHostReset(q.event))
+            (
+                self.ze.zeEventHostSynchronize(q.event, u64::MAX),
+                self.ze.zeEventHostReset(q.event),
+            )
         };
         check(r, "zeEventHostSynchronize")?;
         check(reset, "zeEventHostReset")?;
@@ -565,12 +558,34 @@ impl LevelZero {
 
     fn release(&self, ptr: u64) {
         // SAFETY: an allocation of ours, released once, no work using it queued.
-        let r = unsafe { self.ze.zeMemFree(self.context, ptr as *mut c_void) };
-        if let Err(e) = ok(r, "zeMemFree") {
+        if let Err(e) = ok(
+            unsafe { self.ze.zeMemFree(self.context, ptr as *mut c_void) },
+            "zeMemFree",
+        ) {
             tracing::warn!("{e}");
         }
         if let Some(bytes) = self.sizes().remove(&ptr) {
             self.allocated.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy in queue order; `wait`: to or from host memory borrowed only
+    /// for the call, so the call waits for the copy to end.
+    fn memcpy(&self, dst: *mut c_void, src: *const c_void, bytes: usize, wait: bool) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let call = "zeCommandListAppendMemoryCopy";
+        // SAFETY: our list, under the queue lock; device memory of ours, and
+        // host memory alive until `finish` has seen the copy end.
+        let append = |list, event| unsafe {
+            self.ze
+                .zeCommandListAppendMemoryCopy(list, dst, src, bytes, event, 0, null_mut())
+        };
+        if wait {
+            self.finish(&mut self.queue(), call, append)
+        } else {
+            self.enqueue(&mut self.queue(), call, |list| append(list, null_mut()))
         }
     }
 
@@ -583,47 +598,19 @@ impl LevelZero {
         };
         let mut p = null_mut();
         // SAFETY: our context and device; zeMemAllocDevice is thread-safe.
-        let r = unsafe {
+        match unsafe {
             self.ze
                 .zeMemAllocDevice(self.context, &desc, bytes, ALIGN, self.device, &mut p)
-        };
-        match r {
+        } {
             ZE_RESULT_SUCCESS if p.is_null() => Err(ZE_RESULT_ERROR_UNKNOWN),
             ZE_RESULT_SUCCESS => Ok(p as u64),
             r => Err(r),
         }
     }
-
-    /// A host copy, waited for: the host slice is borrowed only for the call.
-    fn host_copy(
-        &self,
-        dst: *mut c_void,
-        src: *const c_void,
-        bytes: usize,
-        call: &str,
-    ) -> Result<()> {
-        let mut q = self.queue();
-        q.idle = false;
-        // SAFETY: our list, under the queue lock; the host memory outlives the
-        // copy, which `wait` sees end before returning.
-        check(
-            unsafe {
-                self.ze.zeCommandListAppendMemoryCopy(
-                    q.list,
-                    dst,
-                    src,
-                    bytes,
-                    q.event,
-                    0,
-                    null_mut(),
-                )
-            },
-            call,
-        )?;
-        self.wait(&mut q)
-    }
 }
 
+// SAFETY (the appends below): our list and kernels, under the queue lock;
+// device memory of ours.
 impl Api for LevelZero {
     fn runtime_name(&self) -> &'static str {
         "level-zero"
@@ -644,17 +631,15 @@ impl Api for LevelZero {
     fn alloc(&self, bytes: usize) -> Result<u64> {
         let bytes = bytes.max(1);
         if self.max_alloc > 0 && bytes as u64 > self.max_alloc {
+            let max = self.max_alloc;
             return Err(Error::device(
                 BACKEND,
-                format!(
-                    "an allocation of {bytes} bytes is larger than the device allows in one piece ({} bytes, maxMemAllocSize)",
-                    self.max_alloc
-                ),
+                format!("an allocation of {bytes} bytes is larger than the device allows in one piece ({max} bytes, maxMemAllocSize)"),
             ));
         }
         let mut r = self.try_alloc(bytes);
         if r == Err(ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY) && !self.queue().deferred.is_empty() {
-            // Deferred frees would make room once the queue drains.
+            // Deferred frees make room once the queue drains.
             self.synchronize()?;
             r = self.try_alloc(bytes);
         }
@@ -682,73 +667,45 @@ impl Api for LevelZero {
     }
 
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
-        if src.is_empty() {
-            return Ok(());
-        }
-        self.host_copy(
-            dst as *mut c_void,
-            src.as_ptr().cast(),
-            src.len(),
-            "zeCommandListAppendMemoryCopy (upload)",
-        )
+        self.memcpy(dst as *mut c_void, src.as_ptr().cast(), src.len(), true)
     }
 
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        if dst.is_empty() {
-            return Ok(());
-        }
-        self.host_copy(
+        self.memcpy(
             dst.as_mut_ptr().cast(),
             src as *const c_void,
             dst.len(),
-            "zeCommandListAppendMemoryCopy (download)",
+            true,
         )
     }
 
     fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        let mut q = self.queue();
-        // SAFETY: our list, under the queue lock; device memory of ours.
-        let r = unsafe {
-            self.ze.zeCommandListAppendMemoryCopy(
-                q.list,
-                dst as *mut c_void,
-                src as *const c_void,
-                bytes,
-                null_mut(),
-                0,
-                null_mut(),
-            )
-        };
-        check(r, "zeCommandListAppendMemoryCopy")?;
-        self.barrier(&mut q)
+        self.memcpy(dst as *mut c_void, src as *const c_void, bytes, false)
     }
 
     fn fill_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
-        // Static: valid whenever the driver reads the pattern. A 1-byte
-        // pattern is within every queue group's maxMemoryFillPatternSize.
+        // Static, so valid whenever the driver reads it. A 1-byte pattern is
+        // within every queue group's maxMemoryFillPatternSize.
         static ZERO: u8 = 0;
-        let mut q = self.queue();
-        // SAFETY: our list, under the queue lock; device memory of ours.
-        let r = unsafe {
-            self.ze.zeCommandListAppendMemoryFill(
-                q.list,
-                dst as *mut c_void,
-                (&ZERO as *const u8).cast(),
-                1,
-                bytes,
-                null_mut(),
-                0,
-                null_mut(),
-            )
-        };
-        check(r, "zeCommandListAppendMemoryFill")?;
-        self.barrier(&mut q)
+        self.enqueue(
+            &mut self.queue(),
+            "zeCommandListAppendMemoryFill",
+            |list| unsafe {
+                self.ze.zeCommandListAppendMemoryFill(
+                    list,
+                    dst as *mut c_void,
+                    (&ZERO as *const u8).cast(),
+                    1,
+                    bytes,
+                    null_mut(),
+                    0,
+                    null_mut(),
+                )
+            },
+        )
     }
 
     fn launch(&self, name: &str, cfg: &Config, args: &Args) -> Result<()> {
@@ -756,17 +713,16 @@ impl Api for LevelZero {
             return Ok(());
         }
         cfg.check_shared(BACKEND, name, self.max_local)?;
-        let mut q = self.queue();
+        let mut guard = self.queue();
+        let q = &mut *guard;
         if !q.kernels.contains_key(name) {
             let k = self.create_kernel(name)?;
             q.kernels.insert(name.to_string(), k);
         }
-        let list = q.list;
-        let k = q
-            .kernels
-            .get_mut(name)
-            .ok_or_else(|| Error::invalid(format!("kernel {name} vanished from the cache")))?;
-        let n = args.kinds().len() as u32;
+        let Some(k) = q.kernels.get_mut(name) else {
+            return Err(Error::invalid(format!("kernel {name} is not in the cache")));
+        };
+        let (ze, n) = (self.ze, args.kinds().len() as u32);
         let local = match k.params {
             p if p == n => false,
             p if p == n + 1 => true,
@@ -776,61 +732,52 @@ impl Api for LevelZero {
                 )))
             }
         };
-        // SAFETY: our kernel and list, under the queue lock. Each value is 8
-        // bytes, of which a pointer uses 8 (a USM address of ours, or 0 for
-        // null) and an int or float the first 4; the driver copies them.
-        unsafe {
-            for (i, (kind, value)) in args.kinds().chars().zip(args.values()).enumerate() {
-                let size = match kind {
-                    'p' => 8,
-                    'i' | 'f' => 4,
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "kernel {name}: argument {i} of kind {other:?}"
-                        )))
-                    }
-                };
-                let r = self.ze.zeKernelSetArgumentValue(
-                    k.handle,
-                    i as u32,
-                    size,
-                    value.as_ptr().cast(),
-                );
-                check(r, format_args!("zeKernelSetArgumentValue({name}, {i})"))?;
-            }
-            if local {
-                // A __local parameter takes a size and no value.
-                let r = self.ze.zeKernelSetArgumentValue(
-                    k.handle,
-                    n,
-                    cfg.shared.max(4) as usize,
-                    null(),
-                );
-                check(r, format_args!("zeKernelSetArgumentValue({name}, __local)"))?;
-            }
-            if k.group != cfg.block {
-                check(
-                    self.ze.zeKernelSetGroupSize(k.handle, cfg.block, 1, 1),
-                    format_args!("zeKernelSetGroupSize({name}, {})", cfg.block),
-                )?;
-                k.group = cfg.block;
-            }
-            let groups = ze_group_count_t {
-                groupCountX: cfg.grid.0,
-                groupCountY: cfg.grid.1,
-                groupCountZ: cfg.grid.2,
+        // SAFETY: our kernel, under the queue lock. Each value is 8 bytes, of
+        // which a pointer uses 8 (a USM address of ours, or 0 for null) and
+        // an int or float the first 4; the driver copies them.
+        for (i, (kind, value)) in args.kinds().chars().zip(args.values()).enumerate() {
+            let size = match kind {
+                'p' => 8,
+                'i' | 'f' => 4,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "kernel {name}: argument {i} of kind {other:?}"
+                    )))
+                }
             };
-            let r = self.ze.zeCommandListAppendLaunchKernel(
-                list,
-                k.handle,
-                &groups,
-                null_mut(),
-                0,
-                null_mut(),
-            );
-            check(r, format_args!("zeCommandListAppendLaunchKernel({name})"))?;
+            let r = unsafe {
+                ze.zeKernelSetArgumentValue(k.handle, i as u32, size, value.as_ptr().cast())
+            };
+            check(r, format_args!("zeKernelSetArgumentValue({name}, {i})"))?;
         }
-        self.barrier(&mut q)
+        if local {
+            // A __local parameter takes a size and no value.
+            let r = unsafe {
+                ze.zeKernelSetArgumentValue(k.handle, n, cfg.shared.max(4) as usize, null())
+            };
+            check(r, format_args!("zeKernelSetArgumentValue({name}, __local)"))?;
+        }
+        if k.group != cfg.block {
+            let r = unsafe { ze.zeKernelSetGroupSize(k.handle, cfg.block, 1, 1) };
+            check(
+                r,
+                format_args!("zeKernelSetGroupSize({name}, {})", cfg.block),
+            )?;
+            k.group = cfg.block;
+        }
+        let groups = ze_group_count_t {
+            groupCountX: cfg.grid.0,
+            groupCountY: cfg.grid.1,
+            groupCountZ: cfg.grid.2,
+        };
+        let kernel = k.handle;
+        self.enqueue(
+            q,
+            format_args!("zeCommandListAppendLaunchKernel({name})"),
+            |list| unsafe {
+                ze.zeCommandListAppendLaunchKernel(list, kernel, &groups, null_mut(), 0, null_mut())
+            },
+        )
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -838,16 +785,11 @@ impl Api for LevelZero {
         if q.idle {
             return Ok(());
         }
-        // SAFETY: our list and event, under the queue lock. A barrier with no
-        // wait events waits for all previous commands.
-        check(
-            unsafe {
-                self.ze
-                    .zeCommandListAppendBarrier(q.list, q.event, 0, null_mut())
-            },
-            "zeCommandListAppendBarrier",
-        )?;
-        self.wait(&mut q)
+        // A barrier with no wait events waits for all previous commands.
+        self.finish(&mut q, "zeCommandListAppendBarrier", |list, event| unsafe {
+            self.ze
+                .zeCommandListAppendBarrier(list, event, 0, null_mut())
+        })
     }
 
     fn max_local_bytes(&self) -> u32 {
@@ -862,12 +804,12 @@ impl Drop for LevelZero {
         // SAFETY: our objects, each destroyed once, children first, after the
         // queue drained; null ones (a failed `open`) are skipped.
         unsafe {
-            if !q.idle && !q.list.is_null() && !q.event.is_null() {
-                if ze.zeCommandListAppendBarrier(q.list, q.event, 0, null_mut())
+            let busy = !q.idle && !q.list.is_null() && !q.event.is_null();
+            if busy
+                && ze.zeCommandListAppendBarrier(q.list, q.event, 0, null_mut())
                     == ZE_RESULT_SUCCESS
-                {
-                    ze.zeEventHostSynchronize(q.event, u64::MAX);
-                }
+            {
+                ze.zeEventHostSynchronize(q.event, u64::MAX);
             }
             // Deferred frees are among the live allocations.
             let sizes = self.sizes.get_mut().unwrap_or_else(PoisonError::into_inner);
