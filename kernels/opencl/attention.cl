@@ -12,6 +12,8 @@
 // are invisible and never read.
 //
 // Kernels (CUDA grid (gx, gy, gz) x block b = NDRange (gx*b, gy, gz) / (b, 1, 1)):
+// each declares its block as reqd_work_group_size (the local arrays and
+// strides rely on it), so a launch with another local size fails cleanly.
 //
 //   attention_tiles(qsl [S+1], S, tiles [max_tiles*2], max_tiles)
 //       grid (1), block 32. tiles[2i] = sequence, tiles[2i+1] = first query
