@@ -38,15 +38,25 @@ TSR_INLINE float gemv_hsum(float8 v) {
 
 // One group of tokens tt + g (g over EACH: 1, 2 or 4 of them): this lane's
 // partial sums into red[(tt + g) * GEMV_BLOCK + slot].
-#define GEMV_ACC_DECL(g) float8 acc##g = (float8)(0.0f);
+#define GEMV_ACC_DECL(g) float8 acc##g = (float8)(0.0f), acc2##g = (float8)(0.0f);
 #define GEMV_ACC_FMA(g) acc##g += wv * vload8(v, x + (long)(tt + g) * K);
+#define GEMV_ACC_FMA2(g)                                         \
+    acc##g += wa * vload8(v, x + (long)(tt + g) * K);           \
+    acc2##g += wb * vload8(v + 1, x + (long)(tt + g) * K);
 #define GEMV_ACC_TAIL(g) acc##g.s0 += wk * x[(long)(tt + g) * K + k];
-#define GEMV_ACC_OUT(g) red[(tt + g) * GEMV_BLOCK + slot] = gemv_hsum(acc##g);
+#define GEMV_ACC_OUT(g) red[(tt + g) * GEMV_BLOCK + slot] = gemv_hsum(acc##g + acc2##g);
 
 #define GEMV_GROUP(SFX, EACH)                                                \
     {                                                                        \
         EACH(GEMV_ACC_DECL)                                                  \
-        for (int v = v0; v < v1; ++v) {                                      \
+        int v = v0;                                                          \
+        /* Two vectors a step: two FMA chains in flight per accumulator. */  \
+        for (; v + 1 < v1; v += 2) {                                         \
+            const float8 wa = gemv_load8_##SFX(wr, (long)v * 8);             \
+            const float8 wb = gemv_load8_##SFX(wr, (long)v * 8 + 8);         \
+            EACH(GEMV_ACC_FMA2)                                              \
+        }                                                                    \
+        if (v < v1) {                                                        \
             const float8 wv = gemv_load8_##SFX(wr, (long)v * 8);             \
             EACH(GEMV_ACC_FMA)                                               \
         }                                                                    \
@@ -60,6 +70,7 @@ TSR_INLINE float gemv_hsum(float8 v) {
 #define GEMV_EACH2(F) F(0) F(1)
 #define GEMV_EACH4(F) F(0) F(1) F(2) F(3)
 
+#ifndef TSR_CPU
 // Shifts and masks instead of / and %: a div/rem pair makes LLVM emit
 // `freeze`, which llvm-spirv-15 cannot translate.
 #define DEF(SFX, W)                                                                          \
@@ -106,3 +117,58 @@ TSR_INLINE float gemv_hsum(float8 v) {
     }
 TSR_TYPES(DEF)
 #undef DEF
+#else
+
+// On a CPU (TSR_CPU: the OpenCL runtime builds with it for CPU devices and
+// launches grid ceil(N/16), block 16): one whole row per work-item, no
+// local memory, no barrier. PoCL runs a group's work-items as a loop, so a
+// row streams sequentially with nothing to save across barriers; the
+// GPU mapping above spends most of its time on per-work-item bookkeeping
+// there (3x slower decode).
+#define GEMV_CPU_GROUP(SFX, EACH)                                            \
+    {                                                                        \
+        EACH(GEMV_ACC_DECL)                                                  \
+        int v = 0;                                                           \
+        for (; v + 1 < nvec; v += 2) {                                       \
+            const float8 wa = gemv_load8_##SFX(wr, (long)v * 8);             \
+            const float8 wb = gemv_load8_##SFX(wr, (long)v * 8 + 8);         \
+            EACH(GEMV_ACC_FMA2)                                              \
+        }                                                                    \
+        if (v < nvec) {                                                      \
+            const float8 wv = gemv_load8_##SFX(wr, (long)v * 8);             \
+            EACH(GEMV_ACC_FMA)                                               \
+        }                                                                    \
+        for (int k = nvec * 8; k < K; ++k) {                                 \
+            const float wk = tsr_load_##SFX(wr, k);                          \
+            EACH(GEMV_ACC_TAIL)                                              \
+        }                                                                    \
+        EACH(GEMV_CPU_OUT)                                                   \
+    }
+#define GEMV_CPU_OUT(g) out[(long)(tt + g) * N + n] = gemv_hsum(acc##g + acc2##g);
+
+#define DEF(SFX, W)                                                                          \
+    __kernel void gemv_##SFX(const __global W* restrict w, const __global float* restrict x,  \
+                             __global float* restrict out, int T, int N, int K) {             \
+        const int n = get_global_id(0);                                                      \
+        if (n >= N) return;                                                                  \
+        const int nt = min(T, GEMV_MAX_T);                                                   \
+        const int nvec = K >> 3;                                                             \
+        const __global W* wr = w + (long)n * K;                                              \
+        int tt = 0;                                                                          \
+        if (tt + 4 <= nt) {                                                                  \
+            GEMV_CPU_GROUP(SFX, GEMV_EACH4)                                                  \
+            tt += 4;                                                                         \
+        }                                                                                    \
+        if (tt + 4 <= nt) {                                                                  \
+            GEMV_CPU_GROUP(SFX, GEMV_EACH4)                                                  \
+            tt += 4;                                                                         \
+        }                                                                                    \
+        if (tt + 2 <= nt) {                                                                  \
+            GEMV_CPU_GROUP(SFX, GEMV_EACH2)                                                  \
+            tt += 2;                                                                         \
+        }                                                                                    \
+        if (tt < nt) GEMV_CPU_GROUP(SFX, GEMV_EACH1)                                         \
+    }
+TSR_TYPES(DEF)
+#undef DEF
+#endif

@@ -37,4 +37,9 @@ pub trait Api: Send + Sync + 'static {
     fn synchronize(&self) -> Result<()>;
     /// Largest `__local` memory a work-group may use, in bytes.
     fn max_local_bytes(&self) -> u32;
+    /// Whether the program was built for a CPU device (`-DTSR_CPU`), whose
+    /// kernels map work differently (gemv.cl).
+    fn is_cpu(&self) -> bool {
+        false
+    }
 }

@@ -104,8 +104,20 @@ pub fn open_with(kind: RuntimeKind, ordinal: usize) -> Result<Arc<dyn Device>> {
             sources::SPIRV,
             &cache_dir(),
         )?),
-        RuntimeKind::OpenCl => Box::new(opencl::OpenCl::open(ordinal, &cache_dir())?),
+        RuntimeKind::OpenCl => Box::new(opencl::OpenCl::open(ordinal, &cache_dir(), None)?),
     };
+    Ok(device(api, ordinal))
+}
+
+/// OpenCL device `ordinal` with the kernels' GPU work mappings (what Level
+/// Zero devices run) even where the device is a CPU: how the tests check
+/// those mappings on PoCL.
+pub fn open_opencl_with_gpu_kernels(ordinal: usize) -> Result<Arc<dyn Device>> {
+    let api = Box::new(opencl::OpenCl::open(ordinal, &cache_dir(), Some(false))?);
+    Ok(device(api, ordinal))
+}
+
+fn device(api: Box<dyn api::Api>, ordinal: usize) -> Arc<dyn Device> {
     tracing::info!(
         "gaudi:{ordinal} is {} through {}",
         api.device_description(),
@@ -113,11 +125,8 @@ pub fn open_with(kind: RuntimeKind, ordinal: usize) -> Result<Arc<dyn Device>> {
     );
     let gpu = Arc::new(Gaudi { api, ordinal });
     let kernels = Arc::new(GpuKernels::new(GaudiRuntime { gpu: gpu.clone() }));
-    Ok(Arc::new(GpuDevice::new(
-        gpu,
-        kernels,
-        "TESSERA_GAUDI_GRAPHS",
-    )))
+    // Graph capture is off: `Gaudi::can_capture` says no.
+    Arc::new(GpuDevice::new(gpu, kernels, "TESSERA_GAUDI_GRAPHS"))
 }
 
 inventory::submit! {

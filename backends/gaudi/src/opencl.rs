@@ -27,6 +27,9 @@ const BACKEND: &str = "gaudi";
 /// `-cl-kernel-arg-info` lets `launch` check every argument's kind against
 /// the kernel's declaration, as the cuda (PTX) and rocm (metadata) backends do.
 const BUILD_OPTIONS: &str = "-cl-std=CL1.2 -cl-kernel-arg-info";
+/// Added for CPU devices (PoCL): kernels pick work splits that suit one
+/// core running a work-group's items in a loop (gemv.cl).
+const CPU_OPTIONS: &str = " -DTSR_CPU=1";
 
 fn cl_error(call: &str, code: cl_int) -> Error {
     let hint = match code {
@@ -149,6 +152,8 @@ pub struct OpenCl {
     total: u64,
     allocated: AtomicU64,
     max_local: u32,
+    /// The program is built with `-DTSR_CPU` (CPU devices such as PoCL).
+    cpu: bool,
 }
 
 // SAFETY: OpenCL contexts, queues and programs are thread-safe objects
@@ -159,8 +164,11 @@ unsafe impl Sync for OpenCl {}
 
 impl OpenCl {
     /// Device `ordinal` of `devices()`, with our program built for it (or
-    /// loaded from the build cache in `cache_dir`).
-    pub fn open(ordinal: usize, cache_dir: &Path) -> Result<OpenCl> {
+    /// loaded from the build cache in `cache_dir`). `cpu_kernels`: whether
+    /// the kernels use their CPU work mappings (`-DTSR_CPU`); `None` decides
+    /// by the device's type. Tests force `Some(false)` on PoCL to check the
+    /// mappings GPUs (and Level Zero) run.
+    pub fn open(ordinal: usize, cache_dir: &Path, cpu_kernels: Option<bool>) -> Result<OpenCl> {
         let discovery = DISCOVERY.lock().unwrap_or_else(|e| e.into_inner());
         let mut all = usable_devices().map_err(|e| Error::device(BACKEND, e))?;
         if ordinal >= all.len() {
@@ -188,6 +196,11 @@ impl OpenCl {
             max_local: cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_LOCAL_MEM_SIZE)
                 .map(u64::from)
                 .map_or(0, |v| v.min(u32::MAX as u64) as u32),
+            cpu: cpu_kernels.unwrap_or_else(|| {
+                cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_TYPE)
+                    .map(u64::from)
+                    .is_ok_and(|t| t & cl3::device::CL_DEVICE_TYPE_CPU != 0)
+            }),
         };
         // SAFETY: a context and device of ours; default (in-order) properties.
         cl.queue = unsafe {
@@ -203,10 +216,10 @@ impl OpenCl {
     /// loads, else built from source and cached.
     fn build(&self, cache_dir: &Path) -> Result<cl_program> {
         let source = sources::opencl_source();
-        let key =
-            tessera_gpu_kernels::sources::cache_key(&[&source, &self.description, BUILD_OPTIONS]);
+        let options = self.build_options();
+        let key = tessera_gpu_kernels::sources::cache_key(&[&source, &self.description, &options]);
         let path = cache_dir.join(format!("{key:016x}.clbin"));
-        let options = CString::new(BUILD_OPTIONS).map_err(|_| Error::invalid("build options"))?;
+        let options = CString::new(options).map_err(|_| Error::invalid("build options"))?;
         if let Ok(binary) = std::fs::read(&path) {
             // SAFETY: one device, one binary; the status array is sized by cl3.
             if let Ok(p) = unsafe {
@@ -264,6 +277,14 @@ impl OpenCl {
             }
         }
         Ok(program)
+    }
+
+    fn build_options(&self) -> String {
+        if self.cpu {
+            format!("{BUILD_OPTIONS}{CPU_OPTIONS}")
+        } else {
+            BUILD_OPTIONS.to_string()
+        }
     }
 
     fn kernel_kinds(handle: cl_kernel, name: &str) -> Result<String> {
@@ -544,6 +565,10 @@ impl Api for OpenCl {
 
     fn max_local_bytes(&self) -> u32 {
         self.max_local
+    }
+
+    fn is_cpu(&self) -> bool {
+        self.cpu
     }
 }
 

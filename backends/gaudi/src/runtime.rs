@@ -14,6 +14,8 @@ use tessera_gpu_kernels::runtime::Runtime;
 /// its ABI, fixed in matmul.cl.
 const MATMUL_TILE: usize = 64;
 const MATMUL_BLOCK: u32 = 256;
+/// Rows per work-group of gemv.cl on a CPU (one row per work-item).
+const GEMV_CPU_ROWS: usize = 16;
 
 pub struct GaudiRuntime {
     pub gpu: Arc<Gaudi>,
@@ -37,6 +39,13 @@ impl Runtime for GaudiRuntime {
     }
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         self.gpu.api.fill_zero(dst, bytes)
+    }
+    fn gemv_config(&self, n: usize) -> Result<Config> {
+        if self.gpu.api.is_cpu() {
+            Config::new((n.div_ceil(GEMV_CPU_ROWS), 1, 1), GEMV_CPU_ROWS as u32, 0)
+        } else {
+            Config::new((n.div_ceil(4), 1, 1), 128, 0)
+        }
     }
     fn matmul(
         &self,

@@ -35,6 +35,17 @@ fn every_op_matches_the_reference_on_pocl() {
     }
 }
 
+/// The kernels as GPUs run them (gemv.cl has a CPU work mapping that PoCL
+/// gets by default; Level Zero devices get this one).
+#[test]
+fn every_op_matches_the_reference_on_pocl_with_the_gpu_kernel_mappings() {
+    if device().is_some() {
+        let dev =
+            tessera_gaudi::open_opencl_with_gpu_kernels(0).expect("open gaudi through OpenCL");
+        assert_layer_on("gaudi-opencl-gpu-mappings", &dev, Layer::Ops);
+    }
+}
+
 #[test]
 fn tiny_models_match_transformers_on_pocl() {
     if let Some(dev) = device() {

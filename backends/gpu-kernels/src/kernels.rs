@@ -249,11 +249,7 @@ impl<R: Runtime> Kernels for GpuKernels<R> {
         let aligned = wp % 16 == 0 && xp % 16 == 0 && k % 8 == 0;
         if t <= GEMV_MAX_TOKENS && aligned {
             let args = Args::new().ptr(wp).ptr(xp).ptr(op).int(t)?.int(n)?.int(k)?;
-            self.launch(
-                &format!("gemv_{wsfx}"),
-                Config::new((n.div_ceil(4), 1, 1), 128, 0)?,
-                args,
-            )?;
+            self.launch(&format!("gemv_{wsfx}"), self.rt.gemv_config(n)?, args)?;
         } else {
             let xin = if w.dtype == DType::BF16 {
                 self.to_bf16(x)?

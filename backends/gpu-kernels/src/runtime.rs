@@ -18,6 +18,12 @@ pub trait Runtime: Send + Sync {
     fn address(&self, buffer: &Buffer, offset: usize, bytes: usize) -> Result<u64>;
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    /// The launch shape of the gemv kernels for `n` output rows: 4 rows per
+    /// 128-thread block (kernels/cuda/gemv.cu). A runtime whose gemv kernel
+    /// maps rows otherwise on its device says so here (gaudi on a CPU).
+    fn gemv_config(&self, n: usize) -> Result<Config> {
+        Config::new((n.div_ceil(4), 1, 1), 128, 0)
+    }
     /// `out [t, n] (f32) = x [t, k] · w [n, k]ᵀ`, `x` and `w` of `dtype`.
     fn matmul(
         &self,
