@@ -152,6 +152,8 @@ pub struct OpenCl {
     total: u64,
     allocated: AtomicU64,
     max_local: u32,
+    /// `CL_DEVICE_MAX_MEM_ALLOC_SIZE`: the largest single allocation.
+    max_alloc: u64,
     /// The program is built with `-DTSR_CPU` (CPU devices such as PoCL).
     cpu: bool,
 }
@@ -196,6 +198,12 @@ impl OpenCl {
             max_local: cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_LOCAL_MEM_SIZE)
                 .map(u64::from)
                 .map_or(0, |v| v.min(u32::MAX as u64) as u32),
+            max_alloc: cl3::device::get_device_info(
+                dev.id,
+                cl3::device::CL_DEVICE_MAX_MEM_ALLOC_SIZE,
+            )
+            .map(u64::from)
+            .unwrap_or(u64::MAX),
             cpu: cpu_kernels.unwrap_or_else(|| {
                 cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_TYPE)
                     .map(u64::from)
@@ -383,6 +391,15 @@ impl Api for OpenCl {
     }
 
     fn alloc(&self, bytes: usize) -> Result<u64> {
+        if bytes as u64 > self.max_alloc {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "an allocation of {bytes} bytes exceeds the largest this OpenCL device allows ({} bytes): use a smaller model or --memory-utilization",
+                    self.max_alloc
+                ),
+            ));
+        }
         let flags = cl3::memory::CL_MEM_READ_WRITE;
         // Alignment 0 is the device's largest type's (PoCL: 128 bytes);
         // larger values may be refused.
