@@ -4,7 +4,8 @@
 # PJRT plugin the tpu backend is tested on, NVIDIA's NVRTC + ptxas wheels
 # the cuda kernels are compiled with (all cached) and Debian's HIP, whose
 # hipRTC compiles the same kernels for AMD GPUs, and the gaudi backend's
-# Level Zero loader, PoCL and SPIR-V tools (all apt),
+# Level Zero loader, PoCL and SPIR-V tools (all apt) and Intel's OpenCL CPU
+# runtime (PyPI wheels), which runs the SPIR-V Level Zero would load,
 # then runs every crate's tests. Needs only Rust and python3 with pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ scripts/fetch-default-model.sh >/dev/null
 scripts/install-test-deps.sh >/dev/null
 scripts/fetch-pjrt-plugin.sh >/dev/null
 scripts/fetch-cuda-tools.sh >/dev/null
+scripts/fetch-intel-opencl.sh >/dev/null
 scripts/install-hip.sh
 scripts/install-gaudi-deps.sh
 # With HIP, the Level Zero loader, PoCL and the SPIR-V tools installed, their

@@ -1,9 +1,13 @@
-//! `--device gaudi` as users run it, through the OpenCL runtime on PoCL
-//! (`TESSERA_GAUDI_RUNTIME=opencl`; scripts/install-gaudi-deps.sh installs
-//! PoCL): every conformance layer passes, the chat answer is the cpu
-//! backend's, word for word; and with the default runtime (Level Zero) on a
-//! machine with no Intel driver, `tessera devices` says why gaudi is
-//! unavailable, at once.
+//! `--device gaudi` as users run it, through the OpenCL runtime
+//! (`TESSERA_GAUDI_RUNTIME=opencl`): on PoCL (scripts/install-gaudi-deps.sh)
+//! with the kernels built from source, and on Intel's OpenCL CPU runtime
+//! (scripts/fetch-intel-opencl.sh) with the SPIR-V module Level Zero loads,
+//! every conformance layer passes and the chat answer is the cpu backend's,
+//! word for word; and with the default runtime (Level Zero) on a machine
+//! with no Intel driver, `tessera devices` says why gaudi is unavailable, at
+//! once.
+
+mod common;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -39,8 +43,12 @@ fn tessera_gaudi_probe() -> Result<(), String> {
 }
 
 fn tessera(args: &[&str], runtime: Option<&str>) -> Output {
+    tessera_with(args, runtime, &[])
+}
+
+fn tessera_with(args: &[&str], runtime: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    c.args(args);
+    c.args(args).envs(env.iter().copied());
     match runtime {
         Some(r) => c.env("TESSERA_GAUDI_RUNTIME", r),
         None => c.env_remove("TESSERA_GAUDI_RUNTIME"),
@@ -48,12 +56,9 @@ fn tessera(args: &[&str], runtime: Option<&str>) -> Output {
     c.output().expect("run tessera")
 }
 
-#[test]
-fn gaudi_passes_every_conformance_layer_on_pocl() {
-    if !have_opencl() {
-        return;
-    }
-    let o = tessera(&["conformance", "--device", "gaudi"], Some("opencl"));
+/// Every conformance layer passed on gaudi: the last line says PASS, and
+/// ops, models (the default one included) and the engine all ran.
+fn assert_conformance_passed(o: &Output) {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -65,7 +70,6 @@ fn gaudi_passes_every_conformance_layer_on_pocl() {
         summary.starts_with("conformance gaudi: ") && summary.ends_with("-> PASS"),
         "{summary}"
     );
-    // Every layer ran: ops, the models (the default one included), the engine.
     for name in [
         "paged_attention",
         "transformers logits",
@@ -79,6 +83,61 @@ fn gaudi_passes_every_conformance_layer_on_pocl() {
             "no passing {name:?} row:\n{out}"
         );
     }
+}
+
+/// Intel's OpenCL CPU runtime, alone in the ICD loader's list, made to load
+/// the shipped SPIR-V (an error if it cannot): the module Level Zero loads,
+/// through Intel's SPIR-V consumer, with sub-groups.
+#[test]
+fn gaudi_runs_the_level_zero_spirv_on_intels_opencl_cpu_runtime() {
+    let vendors = common::script_output("fetch-intel-opencl.sh");
+    let env = [
+        ("OCL_ICD_VENDORS", vendors.as_str()),
+        ("TESSERA_OPENCL_PROGRAM", "spirv"),
+    ];
+    let o = tessera_with(&["devices"], Some("opencl"), &env);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines().any(|l| l.starts_with("gaudi")
+            && l.contains("available")
+            && !l.contains("unavailable")),
+        "Intel's runtime is not listed:\n{out}"
+    );
+    let o = tessera_with(&["conformance", "--device", "gaudi"], Some("opencl"), &env);
+    assert_conformance_passed(&o);
+    let q = "What is the capital of France?";
+    let args = |device| {
+        [
+            "generate",
+            "--device",
+            device,
+            "--chat",
+            "--temperature",
+            "0",
+            q,
+        ]
+    };
+    let gaudi = tessera_with(&args("gaudi"), Some("opencl"), &env);
+    let cpu = tessera(&args("cpu"), None);
+    assert!(
+        gaudi.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gaudi.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&gaudi.stdout),
+        String::from_utf8_lossy(&cpu.stdout),
+        "gaudi (Intel OpenCL, SPIR-V) and cpu answers differ"
+    );
+}
+
+#[test]
+fn gaudi_passes_every_conformance_layer_on_pocl() {
+    if !have_opencl() {
+        return;
+    }
+    let o = tessera(&["conformance", "--device", "gaudi"], Some("opencl"));
+    assert_conformance_passed(&o);
 }
 
 #[test]

@@ -31,6 +31,38 @@ const BUILD_OPTIONS: &str = "-cl-std=CL1.2 -cl-kernel-arg-info";
 /// core running a work-group's items in a loop (gemv.cl).
 const CPU_OPTIONS: &str = " -DTSR_CPU=1";
 
+/// What the program is built from: the OpenCL C sources, or the SPIR-V that
+/// Level Zero loads (on devices that take SPIR-V: the same module, so the
+/// OpenCL runtime checks it too). `TESSERA_OPENCL_PROGRAM=source|spirv`
+/// overrides the choice.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProgramForm {
+    Source,
+    Spirv,
+}
+
+fn program_form(device: cl_device_id) -> Result<ProgramForm> {
+    match std::env::var("TESSERA_OPENCL_PROGRAM").as_deref() {
+        Ok("source") => return Ok(ProgramForm::Source),
+        Ok("spirv") => return Ok(ProgramForm::Spirv),
+        Err(_) | Ok("") => {}
+        Ok(other) => {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "TESSERA_OPENCL_PROGRAM={other} is not a program form: use source or spirv"
+                ),
+            ))
+        }
+    }
+    let il = info_string(device, cl3::device::CL_DEVICE_IL_VERSION);
+    Ok(if il.contains("SPIR-V") {
+        ProgramForm::Spirv
+    } else {
+        ProgramForm::Source
+    })
+}
+
 fn cl_error(call: &str, code: cl_int) -> Error {
     let hint = match code {
         cl3::error_codes::DLOPEN_RUNTIME_LOAD_FAILED => {
@@ -134,7 +166,9 @@ pub fn devices() -> std::result::Result<Vec<(String, u64)>, String> {
 }
 
 /// A kernel of the program and its parameter kinds (`p` global pointer,
-/// `i` int, `f` float, `l` local memory), read from the program.
+/// `i` int, `f` float, `l` local memory), read from the program; from
+/// SPIR-V, OpenCL gives only their count (`?` each), and the kinds were
+/// checked when the SPIR-V was built (backends/gaudi/tests/spirv.rs).
 struct Kernel {
     handle: cl_kernel,
     kinds: String,
@@ -156,6 +190,7 @@ pub struct OpenCl {
     max_alloc: u64,
     /// The program is built with `-DTSR_CPU` (CPU devices such as PoCL).
     cpu: bool,
+    form: ProgramForm,
 }
 
 // SAFETY: OpenCL contexts, queues and programs are thread-safe objects
@@ -204,6 +239,7 @@ impl OpenCl {
             )
             .map(u64::from)
             .unwrap_or(u64::MAX),
+            form: program_form(dev.id)?,
             cpu: cpu_kernels.unwrap_or_else(|| {
                 cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_TYPE)
                     .map(u64::from)
@@ -216,7 +252,18 @@ impl OpenCl {
         }
         .map_err(|e| cl_error("clCreateCommandQueueWithProperties", e))?;
         drop(discovery);
+        // SPIR-V is the GPU module as built: no CPU work mappings in it.
+        cl.cpu &= cl.form == ProgramForm::Source;
         cl.program = cl.build(cache_dir)?;
+        tracing::info!(
+            "OpenCL program for {} built from {}",
+            cl.description,
+            match cl.form {
+                ProgramForm::Source if cl.cpu => "source, with the CPU work mappings",
+                ProgramForm::Source => "source",
+                ProgramForm::Spirv => "the SPIR-V that Level Zero loads",
+            }
+        );
         Ok(cl)
     }
 
@@ -225,7 +272,17 @@ impl OpenCl {
     fn build(&self, cache_dir: &Path) -> Result<cl_program> {
         let source = sources::opencl_source();
         let options = self.build_options();
-        let key = tessera_gpu_kernels::sources::cache_key(&[&source, &self.description, &options]);
+        // SPIR-V as text for the key: one char per byte, so distinct
+        // modules give distinct keys.
+        let spirv_text: String;
+        let input: &str = match self.form {
+            ProgramForm::Source => &source,
+            ProgramForm::Spirv => {
+                spirv_text = sources::SPIRV.iter().map(|&b| char::from(b)).collect();
+                &spirv_text
+            }
+        };
+        let key = tessera_gpu_kernels::sources::cache_key(&[input, &self.description, &options]);
         let path = cache_dir.join(format!("{key:016x}.clbin"));
         let options = CString::new(options).map_err(|_| Error::invalid("build options"))?;
         if let Ok(binary) = std::fs::read(&path) {
@@ -246,8 +303,16 @@ impl OpenCl {
                 path.display()
             );
         }
-        let program = cl3::program::create_program_with_source(self.context, &[&source])
-            .map_err(|e| cl_error("clCreateProgramWithSource", e))?;
+        let program = match self.form {
+            ProgramForm::Source => {
+                cl3::program::create_program_with_source(self.context, &[&source])
+                    .map_err(|e| cl_error("clCreateProgramWithSource", e))?
+            }
+            ProgramForm::Spirv => {
+                cl3::program::create_program_with_il(self.context, sources::SPIRV)
+                    .map_err(|e| cl_error("clCreateProgramWithIL", e))?
+            }
+        };
         if let Err(code) =
             cl3::program::build_program(program, &[self.device], &options, None, ptr::null_mut())
         {
@@ -288,17 +353,24 @@ impl OpenCl {
     }
 
     fn build_options(&self) -> String {
-        if self.cpu {
+        if self.form == ProgramForm::Spirv {
+            // The SPIR-V carries its language version and has no sources to
+            // define TSR_CPU in: it is the GPU module as built.
+            String::new()
+        } else if self.cpu {
             format!("{BUILD_OPTIONS}{CPU_OPTIONS}")
         } else {
             BUILD_OPTIONS.to_string()
         }
     }
 
-    fn kernel_kinds(handle: cl_kernel, name: &str) -> Result<String> {
+    fn kernel_kinds(&self, handle: cl_kernel, name: &str) -> Result<String> {
         let count: u32 = cl3::kernel::get_kernel_info(handle, cl3::kernel::CL_KERNEL_NUM_ARGS)
             .map(u32::from)
             .map_err(|e| cl_error("clGetKernelInfo", e))?;
+        if self.form == ProgramForm::Spirv {
+            return Ok("?".repeat(count as usize));
+        }
         (0..count)
             .map(|i| {
                 let space: u32 = cl3::kernel::get_kernel_arg_info(
@@ -333,9 +405,12 @@ impl OpenCl {
 
     fn set_args(k: &Kernel, name: &str, cfg: &Config, args: &Args) -> Result<()> {
         let host = args.kinds();
+        let unknown = k.kinds.chars().all(|c| c == '?');
         let local = match k.kinds.strip_prefix(host) {
             Some("") => false,
             Some("l") => true,
+            _ if unknown && k.kinds.len() == host.len() => false,
+            _ if unknown && k.kinds.len() == host.len() + 1 => true,
             _ => {
                 return Err(Error::invalid(format!(
                     "kernel {name} takes ({}) but the host passes ({host}): the kernel sources and the host disagree",
@@ -539,7 +614,7 @@ impl Api for OpenCl {
             let cname = CString::new(name).map_err(|_| Error::invalid("kernel name"))?;
             let handle = cl3::kernel::create_kernel(self.program, &cname)
                 .map_err(|e| cl_error(&format!("clCreateKernel({name})"), e))?;
-            let kinds = match Self::kernel_kinds(handle, name) {
+            let kinds = match self.kernel_kinds(handle, name) {
                 Ok(k) => k,
                 Err(e) => {
                     // SAFETY: created above, used by nothing.

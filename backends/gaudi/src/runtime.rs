@@ -8,7 +8,7 @@ use tessera_core::hal::Buffer;
 use tessera_core::{DType, Error, Result};
 use tessera_gpu_kernels::device::StreamGpu;
 use tessera_gpu_kernels::launch::{Args, Config};
-use tessera_gpu_kernels::runtime::Runtime;
+use tessera_gpu_kernels::runtime::{gemv_gpu_config, Runtime};
 
 /// The GEMM kernel's output tile (rows and columns) and work-group size:
 /// its ABI, fixed in matmul.cl.
@@ -44,7 +44,7 @@ impl Runtime for GaudiRuntime {
         if self.gpu.api.is_cpu() {
             Config::new((n.div_ceil(GEMV_CPU_ROWS), 1, 1), GEMV_CPU_ROWS as u32, 0)
         } else {
-            Config::new((n.div_ceil(4), 1, 1), 128, 0)
+            gemv_gpu_config(n)
         }
     }
     fn matmul(

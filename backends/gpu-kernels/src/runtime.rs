@@ -22,7 +22,7 @@ pub trait Runtime: Send + Sync {
     /// 128-thread block (kernels/cuda/gemv.cu). A runtime whose gemv kernel
     /// maps rows otherwise on its device says so here (gaudi on a CPU).
     fn gemv_config(&self, n: usize) -> Result<Config> {
-        Config::new((n.div_ceil(4), 1, 1), 128, 0)
+        gemv_gpu_config(n)
     }
     /// `out [t, n] (f32) = x [t, k] · w [n, k]ᵀ`, `x` and `w` of `dtype`.
     fn matmul(
@@ -33,4 +33,9 @@ pub trait Runtime: Send + Sync {
         x: u64,
         out: u64,
     ) -> Result<()>;
+}
+
+/// gemv.cu's launch shape: 4 output rows per 128-thread block.
+pub fn gemv_gpu_config(n: usize) -> Result<Config> {
+    Config::new((n.div_ceil(4), 1, 1), 128, 0)
 }
