@@ -33,6 +33,9 @@ pub trait Api: Send + Sync + 'static {
     /// A kernel with one parameter more than `args` takes its last one as
     /// `__local` memory of `cfg.shared` bytes.
     fn launch(&self, name: &str, cfg: &Config, args: &Args) -> Result<()>;
+    /// Whether our program has kernel `name` on this device (the sub-group
+    /// kernels exist only where the device has sub-groups).
+    fn has_kernel(&self, name: &str) -> bool;
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<()>;
     /// Largest `__local` memory a work-group may use, in bytes.

@@ -708,6 +708,20 @@ impl Api for LevelZero {
         )
     }
 
+    fn has_kernel(&self, name: &str) -> bool {
+        let mut q = self.queue();
+        if q.kernels.contains_key(name) {
+            return true;
+        }
+        match self.create_kernel(name) {
+            Ok(k) => {
+                q.kernels.insert(name.to_string(), k);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn launch(&self, name: &str, cfg: &Config, args: &Args) -> Result<()> {
         if cfg.is_empty() {
             return Ok(());

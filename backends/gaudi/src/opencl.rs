@@ -41,10 +41,11 @@ pub enum ProgramForm {
     Spirv,
 }
 
-fn program_form(device: cl_device_id) -> Result<ProgramForm> {
+/// The form to build from, and whether the user chose it.
+fn program_form(device: cl_device_id) -> Result<(ProgramForm, bool)> {
     match std::env::var("TESSERA_OPENCL_PROGRAM").as_deref() {
-        Ok("source") => return Ok(ProgramForm::Source),
-        Ok("spirv") => return Ok(ProgramForm::Spirv),
+        Ok("source") => return Ok((ProgramForm::Source, true)),
+        Ok("spirv") => return Ok((ProgramForm::Spirv, true)),
         Err(_) | Ok("") => {}
         Ok(other) => {
             return Err(Error::device(
@@ -56,11 +57,12 @@ fn program_form(device: cl_device_id) -> Result<ProgramForm> {
         }
     }
     let il = info_string(device, cl3::device::CL_DEVICE_IL_VERSION);
-    Ok(if il.contains("SPIR-V") {
+    let form = if il.contains("SPIR-V") {
         ProgramForm::Spirv
     } else {
         ProgramForm::Source
-    })
+    };
+    Ok((form, false))
 }
 
 fn cl_error(call: &str, code: cl_int) -> Error {
@@ -219,6 +221,7 @@ impl OpenCl {
             ));
         }
         let dev = all.swap_remove(ordinal);
+        let (form, form_chosen) = program_form(dev.id)?;
         let context = cl3::context::create_context(&[dev.id], ptr::null(), None, ptr::null_mut())
             .map_err(|e| cl_error("clCreateContext", e))?;
         let mut cl = OpenCl {
@@ -239,7 +242,7 @@ impl OpenCl {
             )
             .map(u64::from)
             .unwrap_or(u64::MAX),
-            form: program_form(dev.id)?,
+            form,
             cpu: cpu_kernels.unwrap_or_else(|| {
                 cl3::device::get_device_info(dev.id, cl3::device::CL_DEVICE_TYPE)
                     .map(u64::from)
@@ -253,8 +256,19 @@ impl OpenCl {
         .map_err(|e| cl_error("clCreateCommandQueueWithProperties", e))?;
         drop(discovery);
         // SPIR-V is the GPU module as built: no CPU work mappings in it.
+        let cpu_mappings = cl.cpu;
         cl.cpu &= cl.form == ProgramForm::Source;
-        cl.program = cl.build(cache_dir)?;
+        cl.program = match cl.build(cache_dir) {
+            // A device that takes SPIR-V may still lack what the module
+            // needs (sub-groups): the sources build for any device.
+            Err(e) if cl.form == ProgramForm::Spirv && !form_chosen => {
+                tracing::warn!("the SPIR-V kernels do not build here ({e}); building from source");
+                cl.form = ProgramForm::Source;
+                cl.cpu = cpu_mappings;
+                cl.build(cache_dir)?
+            }
+            built => built?,
+        };
         tracing::info!(
             "OpenCL program for {} built from {}",
             cl.description,
@@ -401,6 +415,31 @@ impl OpenCl {
                 })
             })
             .collect()
+    }
+
+    /// Kernel `name`, made on first use.
+    fn kernel<'a>(
+        &self,
+        kernels: &'a mut HashMap<String, Kernel>,
+        name: &str,
+    ) -> Result<&'a Kernel> {
+        if !kernels.contains_key(name) {
+            let cname = CString::new(name).map_err(|_| Error::invalid("kernel name"))?;
+            let handle = cl3::kernel::create_kernel(self.program, &cname)
+                .map_err(|e| cl_error(&format!("clCreateKernel({name})"), e))?;
+            let kinds = match self.kernel_kinds(handle, name) {
+                Ok(k) => k,
+                Err(e) => {
+                    // SAFETY: created above, used by nothing.
+                    unsafe { cl3::kernel::release_kernel(handle).ok() };
+                    return Err(e);
+                }
+            };
+            kernels.insert(name.to_string(), Kernel { handle, kinds });
+        }
+        kernels
+            .get(name)
+            .ok_or_else(|| Error::invalid(format!("kernel {name} is not in the cache")))
     }
 
     fn set_args(k: &Kernel, name: &str, cfg: &Config, args: &Args) -> Result<()> {
@@ -601,6 +640,14 @@ impl Api for OpenCl {
         Ok(())
     }
 
+    fn has_kernel(&self, name: &str) -> bool {
+        self.kernels
+            .lock()
+            .map_err(|_| Error::invalid("OpenCL kernel lock poisoned"))
+            .and_then(|mut kernels| self.kernel(&mut kernels, name).map(|_| ()))
+            .is_ok()
+    }
+
     fn launch(&self, name: &str, cfg: &Config, args: &Args) -> Result<()> {
         if cfg.is_empty() {
             return Ok(());
@@ -610,21 +657,7 @@ impl Api for OpenCl {
             .kernels
             .lock()
             .map_err(|_| Error::invalid("OpenCL kernel lock poisoned"))?;
-        if !kernels.contains_key(name) {
-            let cname = CString::new(name).map_err(|_| Error::invalid("kernel name"))?;
-            let handle = cl3::kernel::create_kernel(self.program, &cname)
-                .map_err(|e| cl_error(&format!("clCreateKernel({name})"), e))?;
-            let kinds = match self.kernel_kinds(handle, name) {
-                Ok(k) => k,
-                Err(e) => {
-                    // SAFETY: created above, used by nothing.
-                    unsafe { cl3::kernel::release_kernel(handle).ok() };
-                    return Err(e);
-                }
-            };
-            kernels.insert(name.to_string(), Kernel { handle, kinds });
-        }
-        let k = &kernels[name];
+        let k = self.kernel(&mut kernels, name)?;
         Self::set_args(k, name, cfg, args)?;
         let block = cfg.block as usize;
         let global = [
