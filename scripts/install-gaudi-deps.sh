@@ -3,6 +3,8 @@
 # done when every package is present):
 #   libze1                   the oneAPI Level Zero loader; level-zero-sys and
 #                            the probe expect its clean "no driver" answer;
+#   libze-dev                ze_api.h, against which the fake loader of
+#                            backends/gaudi/tests/level_zero_mock.rs is built;
 #   pocl-opencl-icd          PoCL, OpenCL on the CPU, on which the backend's
 #   ocl-icd-libopencl1       kernels and host code run end to end;
 #   clang-15 llvm-spirv-15   build the kernels to SPIR-V (the form Level Zero
@@ -10,7 +12,7 @@
 # The build needs none of it: both runtimes are opened at run time.
 # Needs root or sudo; prints nothing on success.
 set -euo pipefail
-packages=(libze1 pocl-opencl-icd ocl-icd-libopencl1 clang-15 llvm-spirv-15 spirv-tools)
+packages=(libze1 libze-dev pocl-opencl-icd ocl-icd-libopencl1 clang-15 llvm-spirv-15 spirv-tools)
 if dpkg-query -W -f='${Status}\n' "${packages[@]}" 2>/dev/null | grep -qv 'install ok installed'; then
   missing=1
 elif [[ $(dpkg-query -W -f='${Status}\n' "${packages[@]}" 2>/dev/null | wc -l) != "${#packages[@]}" ]]; then

@@ -199,6 +199,9 @@ struct Kernel {
     params: u32,
     /// The group size last set (0: none), to skip setting it again.
     group: u32,
+    /// Its own (static) `__local` arrays, in bytes: what the dynamic
+    /// `__local` buffer may use is the device's limit minus this.
+    static_local: u32,
 }
 
 /// What only one thread at a time may touch.
@@ -506,6 +509,7 @@ impl LevelZero {
             handle,
             params: props.numKernelArgs,
             group: 0,
+            static_local: props.localMemSize,
         })
     }
 
@@ -726,7 +730,6 @@ impl Api for LevelZero {
         if cfg.is_empty() {
             return Ok(());
         }
-        cfg.check_shared(BACKEND, name, self.max_local)?;
         let mut guard = self.queue();
         let q = &mut *guard;
         if !q.kernels.contains_key(name) {
@@ -736,6 +739,7 @@ impl Api for LevelZero {
         let Some(k) = q.kernels.get_mut(name) else {
             return Err(Error::invalid(format!("kernel {name} is not in the cache")));
         };
+        cfg.check_shared(BACKEND, name, self.max_local.saturating_sub(k.static_local))?;
         let (ze, n) = (self.ze, args.kinds().len() as u32);
         let local = match k.params {
             p if p == n => false,

@@ -4,6 +4,12 @@
 //! from the loader, `libze_loader.so.1`, opened at run time. A binary using
 //! this crate links nothing of Level Zero and starts where it is missing.
 //!
+//! `TESSERA_ZE_LOADER=/path/to/libze_loader.so.1` opens that file instead
+//! of the loader the system's library path finds: for a loader installed
+//! where the dynamic linker does not look, or a fake one in tests
+//! (`backends/gaudi/tests/level_zero_mock.rs`). It is read once, when the
+//! loader is first opened.
+//!
 //! No published crate binds Level Zero (`level-zero-sys`, `level-zero`,
 //! `ze-sys` do not exist on crates.io), hence this one.
 
@@ -22,11 +28,25 @@ use std::sync::OnceLock;
 /// The loader's file names, newest first.
 const LOADER_FILES: &[&str] = &["libze_loader.so.1", "libze_loader.so"];
 
+/// Names a loader to open instead of `LOADER_FILES` (see the crate docs).
+pub const LOADER_ENV: &str = "TESSERA_ZE_LOADER";
+
 /// The Level Zero loader, opened once; the error says what is missing.
 pub fn loader() -> Result<&'static ZeLoader, String> {
     static LOADER: OnceLock<Result<ZeLoader, String>> = OnceLock::new();
     LOADER
         .get_or_init(|| {
+            if let Some(path) = std::env::var_os(LOADER_ENV).filter(|p| !p.is_empty()) {
+                // SAFETY: as below.
+                return unsafe { ZeLoader::new(&path) }.map_err(|e| {
+                    // libloading's message is "dlopen failed"; dlerror()'s is its source.
+                    let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                    format!(
+                        "{LOADER_ENV}={} did not open as a Level Zero loader ({why}): fix it, or unset {LOADER_ENV} to use the system's libze_loader.so.1",
+                        path.to_string_lossy()
+                    )
+                });
+            }
             let mut errors = vec![];
             for file in LOADER_FILES {
                 // SAFETY: the loader's initialisers only read its
