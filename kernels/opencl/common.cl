@@ -1,4 +1,5 @@
-// tessera OpenCL C common definitions (OpenCL C 1.2, no extensions).
+// tessera OpenCL C common definitions (OpenCL C 1.2; extensions only in the
+// sub-group GEMM of matmul.cl, compiled where the device has sub-groups).
 //
 // The host builds ONE program from this file followed by every kernel file
 // of this directory (the order is `SOURCES` in backends/gaudi/src/sources.rs),
@@ -19,7 +20,8 @@
 //   * a kernel that takes dynamic shared memory in CUDA (`extern __shared__`)
 //     takes it here as one more, last, parameter `__local float* smem`; the
 //     host sets it to the launch's shared-memory size;
-//   * no sub-groups (PoCL has none): reductions go through local memory with
+//   * no sub-groups outside matmul.cl's `_sg` kernels (PoCL has none, and
+//     every kernel must run there): reductions go through local memory with
 //     the tsr_group_* helpers, which contain barriers (call them from every
 //     work-item of the group);
 //   * bf16 is carried as ushort (tsr_bf16); all math is f32 with the precise

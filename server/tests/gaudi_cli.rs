@@ -87,13 +87,16 @@ fn assert_conformance_passed(o: &Output) {
 
 /// Intel's OpenCL CPU runtime, alone in the ICD loader's list, made to load
 /// the shipped SPIR-V (an error if it cannot): the module Level Zero loads,
-/// through Intel's SPIR-V consumer, with sub-groups.
+/// through Intel's SPIR-V consumer, with sub-groups. Every layer runs with
+/// the sub-group GEMM (`TESSERA_GAUDI_GEMM=subgroup`: an error if the
+/// kernels are missing), then the ops once more with the tiled one.
 #[test]
 fn gaudi_runs_the_level_zero_spirv_on_intels_opencl_cpu_runtime() {
     let vendors = common::script_output("fetch-intel-opencl.sh");
     let env = [
         ("OCL_ICD_VENDORS", vendors.as_str()),
         ("TESSERA_OPENCL_PROGRAM", "spirv"),
+        ("TESSERA_GAUDI_GEMM", "subgroup"),
     ];
     let o = tessera_with(&["devices"], Some("opencl"), &env);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -105,6 +108,24 @@ fn gaudi_runs_the_level_zero_spirv_on_intels_opencl_cpu_runtime() {
     );
     let o = tessera_with(&["conformance", "--device", "gaudi"], Some("opencl"), &env);
     assert_conformance_passed(&o);
+    let tiled = [env[0], env[1], ("TESSERA_GAUDI_GEMM", "tiled")];
+    let o = tessera_with(
+        &["conformance", "--device", "gaudi", "--layer", "ops"],
+        Some("opencl"),
+        &tiled,
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        o.status.success() && summary.ends_with("-> PASS"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("linear") && l.contains("T=33") && l.contains(" pass ")),
+        "no passing linear row:\n{out}"
+    );
     let q = "What is the capital of France?";
     let args = |device| {
         [

@@ -124,7 +124,7 @@ fn device(api: Box<dyn api::Api>, ordinal: usize) -> Arc<dyn Device> {
         api.runtime_name()
     );
     let gpu = Arc::new(Gaudi { api, ordinal });
-    let kernels = Arc::new(GpuKernels::new(GaudiRuntime { gpu: gpu.clone() }));
+    let kernels = Arc::new(GpuKernels::new(GaudiRuntime::new(gpu.clone())));
     // Graph capture is off: `Gaudi::can_capture` says no.
     Arc::new(GpuDevice::new(gpu, kernels, "TESSERA_GAUDI_GRAPHS"))
 }

@@ -382,8 +382,21 @@ impl OpenCl {
         let count: u32 = cl3::kernel::get_kernel_info(handle, cl3::kernel::CL_KERNEL_NUM_ARGS)
             .map(u32::from)
             .map_err(|e| cl_error("clGetKernelInfo", e))?;
+        let unknown = "?".repeat(count as usize);
         if self.form == ProgramForm::Spirv {
-            return Ok("?".repeat(count as usize));
+            return Ok(unknown);
+        }
+        // A program loaded from a cached binary may keep no argument info
+        // (Intel's runtime): then only the count is checked, as for SPIR-V.
+        if matches!(
+            cl3::kernel::get_kernel_arg_info(
+                handle,
+                0,
+                cl3::kernel::CL_KERNEL_ARG_ADDRESS_QUALIFIER
+            ),
+            Err(cl3::error_codes::CL_KERNEL_ARG_INFO_NOT_AVAILABLE)
+        ) {
+            return Ok(unknown);
         }
         (0..count)
             .map(|i| {

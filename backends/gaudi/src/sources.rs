@@ -51,9 +51,16 @@ pub fn opencl_source() -> String {
     s
 }
 
-/// The program as SPIR-V 1.0 for Level Zero.
+/// The program as SPIR-V (1.4, as llvm-spirv-15 writes it) for Level Zero.
 pub static SPIRV: &[u8] = include_bytes!("../../../kernels/opencl/tessera.spv");
 
 /// Kernels the OpenCL program has beyond the shared host's (`kernel_names`):
-/// the GEMM, which Level Zero and OpenCL have no vendor library for here.
-pub const EXTRA_KERNELS: &[&str] = &["matmul_f32", "matmul_bf16"];
+/// the GEMM, which Level Zero and OpenCL have no vendor library for here,
+/// tiled and with sub-groups (those only where the device has sub-groups,
+/// but always in the SPIR-V).
+pub const EXTRA_KERNELS: &[&str] = &[
+    "matmul_f32",
+    "matmul_bf16",
+    "matmul_f32_sg",
+    "matmul_bf16_sg",
+];
