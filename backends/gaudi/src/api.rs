@@ -1,7 +1,7 @@
 //! The one thing that differs between the gaudi backend's two runtimes:
 //! how memory is allocated and copied and how a kernel of our program is
-//! launched. Level Zero (`level_zero.rs`, production: Intel GPUs and
-//! Gaudi) and OpenCL (`opencl.rs`: PoCL in CI, any OpenCL 2.0+ device with
+//! launched. Level Zero (`level_zero/`, production: Intel GPUs and
+//! Gaudi) and OpenCL (`opencl/`: PoCL in CI, any OpenCL 2.0+ device with
 //! SVM) implement it; everything above it (`gpu.rs`, `runtime.rs`, the
 //! shared `GpuKernels`) is written once and runs on PoCL in CI.
 //!

@@ -5,7 +5,7 @@
 //! which is how CI proves them on PoCL, with no Intel hardware.
 //!
 //! Layers: `api.rs` is the only thing that differs between the two
-//! runtimes (`level_zero.rs`, `opencl.rs`); `gpu.rs` makes either one the
+//! runtimes (`level_zero/`, `opencl/`); `gpu.rs` makes either one the
 //! GPU of the shared device code, `runtime.rs` the runtime of the shared op
 //! kernels (`tessera_gpu_kernels`). Both runtimes open their libraries at
 //! run time, so the binary starts, and says why gaudi is unavailable,

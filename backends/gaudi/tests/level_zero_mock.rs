@@ -1,4 +1,4 @@
-//! The Level Zero runtime (`src/level_zero.rs`) on a fake loader,
+//! The Level Zero runtime (`src/level_zero/`) on a fake loader,
 //! `tests/mock_ze/mock.c`, with no Intel hardware: the mock checks each call
 //! against ze_api.h's rules (stypes, barriers between commands, what is
 //! signalled before a host wait, frees and destroys only of what no queued

@@ -1,7 +1,7 @@
 /* A fake Level Zero loader (libze_loader.so.1) for tests/level_zero_mock.rs.
  *
  * A test double: it checks how tessera's Level Zero runtime
- * (src/level_zero.rs) calls the API against the rules ze_api.h states, on
+ * (src/level_zero/) calls the API against the rules ze_api.h states, on
  * machines with no Intel GPU or Gaudi. It runs no SPIR-V: "device memory" is
  * host memory, and the few kernels the test launches are implemented here by
  * name (`kernels` below).

@@ -1,19 +1,30 @@
-//! The OpenCL runtime of the gaudi backend: our kernels built from their
-//! OpenCL C source for any OpenCL 2.0+ device with shared virtual memory.
-//! In CI it runs them on PoCL (OpenCL on the CPU), which proves the kernels
-//! and all host logic above `Api` with no Intel hardware.
+//! The OpenCL runtime of the gaudi backend, for any OpenCL 2.0+ device with
+//! shared virtual memory: our kernels as the SPIR-V Level Zero loads, on
+//! devices that take SPIR-V, else built from their OpenCL C sources. In CI
+//! it runs them on PoCL (OpenCL on the CPU, from source) and on Intel's
+//! OpenCL CPU runtime (the SPIR-V), which proves the kernels and all host
+//! logic above `Api` with no Intel hardware.
 //!
 //! `libOpenCL.so.1` (the ICD loader) is opened at run time by cl3. Memory is
 //! coarse-grained SVM: raw device pointers, like Level Zero's USM, so
 //! kernels take `base + offset` like everywhere else. One in-order queue
 //! orders all work; frees are enqueued on it (`clEnqueueSVMFree`), so a
 //! buffer outlives the kernels queued before its last handle dropped.
+//!
+//! Files: `discovery.rs` (the devices), `program.rs` (the program, its
+//! cache and kernels' parameters); this one memory, copies and launches.
+
+mod discovery;
+mod program;
 
 use crate::api::Api;
-use crate::sources;
 use cl3::types::{
     cl_command_queue, cl_context, cl_device_id, cl_int, cl_kernel, cl_program, CL_TRUE,
 };
+pub use discovery::devices;
+use discovery::{info_string, usable_devices, DISCOVERY};
+use program::program_form;
+pub use program::ProgramForm;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::path::Path;
@@ -24,46 +35,6 @@ use tessera_core::{Error, Result};
 use tessera_gpu_kernels::launch::{Args, Config};
 
 const BACKEND: &str = "gaudi";
-/// `-cl-kernel-arg-info` lets `launch` check every argument's kind against
-/// the kernel's declaration, as the cuda (PTX) and rocm (metadata) backends do.
-const BUILD_OPTIONS: &str = "-cl-std=CL1.2 -cl-kernel-arg-info";
-/// Added for CPU devices (PoCL): kernels pick work splits that suit one
-/// core running a work-group's items in a loop (gemv.cl).
-const CPU_OPTIONS: &str = " -DTSR_CPU=1";
-
-/// What the program is built from: the OpenCL C sources, or the SPIR-V that
-/// Level Zero loads (on devices that take SPIR-V: the same module, so the
-/// OpenCL runtime checks it too). `TESSERA_OPENCL_PROGRAM=source|spirv`
-/// overrides the choice.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ProgramForm {
-    Source,
-    Spirv,
-}
-
-/// The form to build from, and whether the user chose it.
-fn program_form(device: cl_device_id) -> Result<(ProgramForm, bool)> {
-    match std::env::var("TESSERA_OPENCL_PROGRAM").as_deref() {
-        Ok("source") => return Ok((ProgramForm::Source, true)),
-        Ok("spirv") => return Ok((ProgramForm::Spirv, true)),
-        Err(_) | Ok("") => {}
-        Ok(other) => {
-            return Err(Error::device(
-                BACKEND,
-                format!(
-                    "TESSERA_OPENCL_PROGRAM={other} is not a program form: use source or spirv"
-                ),
-            ))
-        }
-    }
-    let il = info_string(device, cl3::device::CL_DEVICE_IL_VERSION);
-    let form = if il.contains("SPIR-V") {
-        ProgramForm::Spirv
-    } else {
-        ProgramForm::Source
-    };
-    Ok((form, false))
-}
 
 fn cl_error(call: &str, code: cl_int) -> Error {
     let hint = match code {
@@ -82,89 +53,6 @@ fn cl_error(call: &str, code: cl_int) -> Error {
             cl3::error_codes::error_text(code)
         ),
     )
-}
-
-/// A device usable by this runtime: OpenCL 2.0+ with coarse-grained SVM.
-struct ClDevice {
-    id: cl_device_id,
-    description: String,
-    memory: u64,
-}
-
-fn info_string(device: cl_device_id, what: u32) -> String {
-    cl3::device::get_device_info(device, what)
-        .map(String::from)
-        .unwrap_or_default()
-        .trim_end_matches('\0')
-        .trim()
-        .to_string()
-}
-
-/// Serialises device discovery and context creation: PoCL 3.1 crashes when
-/// two threads query its devices while it initialises them.
-static DISCOVERY: Mutex<()> = Mutex::new(());
-
-/// Every OpenCL device with SVM, over all platforms, in order; or why none.
-/// Call with `DISCOVERY` held.
-fn usable_devices() -> std::result::Result<Vec<ClDevice>, String> {
-    let platforms = cl3::platform::get_platform_ids().map_err(|e| match e {
-        cl3::error_codes::DLOPEN_RUNTIME_LOAD_FAILED => {
-            "libOpenCL.so.1 not found: no OpenCL ICD loader on this machine (install ocl-icd-libopencl1 and a driver such as pocl-opencl-icd)".to_string()
-        }
-        code => format!(
-            "no OpenCL platform: clGetPlatformIDs answered {} ({code})",
-            cl3::error_codes::error_text(code)
-        ),
-    })?;
-    let mut out = vec![];
-    let mut skipped = vec![];
-    for platform in platforms {
-        let ids = cl3::device::get_device_ids(platform, cl3::device::CL_DEVICE_TYPE_ALL)
-            .unwrap_or_default();
-        for id in ids {
-            let name = info_string(id, cl3::device::CL_DEVICE_NAME);
-            let svm = cl3::device::get_device_info(id, cl3::device::CL_DEVICE_SVM_CAPABILITIES)
-                .map(u64::from)
-                .unwrap_or(0);
-            if svm & cl3::device::CL_DEVICE_SVM_COARSE_GRAIN_BUFFER == 0 {
-                skipped.push(name);
-                continue;
-            }
-            let memory = cl3::device::get_device_info(id, cl3::device::CL_DEVICE_GLOBAL_MEM_SIZE)
-                .map(u64::from)
-                .unwrap_or(0);
-            let description = format!(
-                "{name} ({}, OpenCL driver {})",
-                info_string(id, cl3::device::CL_DEVICE_VERSION),
-                info_string(id, cl3::device::CL_DRIVER_VERSION)
-            );
-            out.push(ClDevice {
-                id,
-                description,
-                memory,
-            });
-        }
-    }
-    if out.is_empty() {
-        return Err(if skipped.is_empty() {
-            "no OpenCL device: the ICD loader found no platform with a device".into()
-        } else {
-            format!(
-                "no OpenCL device with shared virtual memory (OpenCL 2.0 SVM), which gaudi's OpenCL runtime needs: {}",
-                skipped.join(", ")
-            )
-        });
-    }
-    Ok(out)
-}
-
-/// The OpenCL devices this runtime can open: description and memory size.
-pub fn devices() -> std::result::Result<Vec<(String, u64)>, String> {
-    let _discovery = DISCOVERY.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(usable_devices()?
-        .into_iter()
-        .map(|d| (d.description, d.memory))
-        .collect())
 }
 
 /// A kernel of the program and its parameter kinds (`p` global pointer,
@@ -279,155 +167,6 @@ impl OpenCl {
             }
         );
         Ok(cl)
-    }
-
-    /// Our program for this device: the cached binary when one exists and
-    /// loads, else built from source and cached.
-    fn build(&self, cache_dir: &Path) -> Result<cl_program> {
-        let source = sources::opencl_source();
-        let options = self.build_options();
-        // SPIR-V as text for the key: one char per byte, so distinct
-        // modules give distinct keys.
-        let spirv_text: String;
-        let input: &str = match self.form {
-            ProgramForm::Source => &source,
-            ProgramForm::Spirv => {
-                spirv_text = sources::SPIRV.iter().map(|&b| char::from(b)).collect();
-                &spirv_text
-            }
-        };
-        let key = tessera_gpu_kernels::sources::cache_key(&[input, &self.description, &options]);
-        let path = cache_dir.join(format!("{key:016x}.clbin"));
-        let options = CString::new(options).map_err(|_| Error::invalid("build options"))?;
-        if let Ok(binary) = std::fs::read(&path) {
-            // SAFETY: one device, one binary; the status array is sized by cl3.
-            if let Ok(p) = unsafe {
-                cl3::program::create_program_with_binary(self.context, &[self.device], &[&binary])
-            } {
-                if cl3::program::build_program(p, &[self.device], &options, None, ptr::null_mut())
-                    .is_ok()
-                {
-                    return Ok(p);
-                }
-                // SAFETY: created above, used by nothing.
-                unsafe { cl3::program::release_program(p).ok() };
-            }
-            tracing::warn!(
-                "the cached OpenCL binary {} does not load; building again",
-                path.display()
-            );
-        }
-        let program = match self.form {
-            ProgramForm::Source => {
-                cl3::program::create_program_with_source(self.context, &[&source])
-                    .map_err(|e| cl_error("clCreateProgramWithSource", e))?
-            }
-            ProgramForm::Spirv => {
-                cl3::program::create_program_with_il(self.context, sources::SPIRV)
-                    .map_err(|e| cl_error("clCreateProgramWithIL", e))?
-            }
-        };
-        if let Err(code) =
-            cl3::program::build_program(program, &[self.device], &options, None, ptr::null_mut())
-        {
-            let log = cl3::program::get_program_build_info(
-                program,
-                self.device,
-                cl3::program::CL_PROGRAM_BUILD_LOG,
-            )
-            .map(String::from)
-            .unwrap_or_default();
-            // SAFETY: created above, used by nothing.
-            unsafe { cl3::program::release_program(program).ok() };
-            return Err(Error::device(
-                BACKEND,
-                format!(
-                    "building the kernels failed ({}): {}",
-                    cl3::error_codes::error_text(code),
-                    log.trim()
-                ),
-            ));
-        }
-        if let Ok(binaries) =
-            cl3::program::get_program_info(program, cl3::program::CL_PROGRAM_BINARIES)
-                .map(Vec::<Vec<u8>>::from)
-        {
-            if let Some(b) = binaries.first().filter(|b| !b.is_empty()) {
-                if let Err(e) = std::fs::create_dir_all(cache_dir)
-                    .and_then(|_| tessera_gpu_kernels::sources::write_atomically(&path, b))
-                {
-                    tracing::warn!(
-                        "could not cache the OpenCL binary in {}: {e}",
-                        path.display()
-                    );
-                }
-            }
-        }
-        Ok(program)
-    }
-
-    fn build_options(&self) -> String {
-        if self.form == ProgramForm::Spirv {
-            // The SPIR-V carries its language version and has no sources to
-            // define TSR_CPU in: it is the GPU module as built.
-            String::new()
-        } else if self.cpu {
-            format!("{BUILD_OPTIONS}{CPU_OPTIONS}")
-        } else {
-            BUILD_OPTIONS.to_string()
-        }
-    }
-
-    fn kernel_kinds(&self, handle: cl_kernel, name: &str) -> Result<String> {
-        let count: u32 = cl3::kernel::get_kernel_info(handle, cl3::kernel::CL_KERNEL_NUM_ARGS)
-            .map(u32::from)
-            .map_err(|e| cl_error("clGetKernelInfo", e))?;
-        let unknown = "?".repeat(count as usize);
-        if self.form == ProgramForm::Spirv {
-            return Ok(unknown);
-        }
-        // A program loaded from a cached binary may keep no argument info
-        // (Intel's runtime): then only the count is checked, as for SPIR-V.
-        if matches!(
-            cl3::kernel::get_kernel_arg_info(
-                handle,
-                0,
-                cl3::kernel::CL_KERNEL_ARG_ADDRESS_QUALIFIER
-            ),
-            Err(cl3::error_codes::CL_KERNEL_ARG_INFO_NOT_AVAILABLE)
-        ) {
-            return Ok(unknown);
-        }
-        (0..count)
-            .map(|i| {
-                let space: u32 = cl3::kernel::get_kernel_arg_info(
-                    handle,
-                    i,
-                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_QUALIFIER,
-                )
-                .map(u32::from)
-                .map_err(|e| cl_error("clGetKernelArgInfo", e))?;
-                let ty = cl3::kernel::get_kernel_arg_info(
-                    handle,
-                    i,
-                    cl3::kernel::CL_KERNEL_ARG_TYPE_NAME,
-                )
-                .map(String::from)
-                .unwrap_or_default();
-                let ty = ty.trim_end_matches('\0').trim();
-                Ok(match space {
-                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_LOCAL => 'l',
-                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_PRIVATE if ty == "int" => 'i',
-                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_PRIVATE if ty == "float" => 'f',
-                    cl3::kernel::CL_KERNEL_ARG_ADDRESS_PRIVATE => {
-                        return Err(Error::invalid(format!(
-                            "kernel {name} takes a {ty} by value, which the host never passes"
-                        )))
-                    }
-                    _ => 'p',
-                })
-            })
-            .collect()
     }
 
     /// Kernel `name`, made on first use.

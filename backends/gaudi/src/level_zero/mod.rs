@@ -19,11 +19,27 @@
 //!
 //! Level Zero objects that are not thread-safe (the command list, the event,
 //! kernels and their arguments) are used only under the `queue` lock.
+//!
+//! Files: `calls.rs` (errors, properties, queries), `discovery.rs` (the
+//! devices), `module.rs` (the program, its cache and kernels); this one the
+//! queue, memory and launches.
+
+#[macro_use]
+mod calls;
+mod discovery;
+mod module;
+
+/// What `Api::alloc` promises.
+const ALIGN: usize = 256;
 
 use crate::api::Api;
+use calls::{c_text, check, message, ok, query, BACKEND};
+pub use discovery::devices;
+use discovery::{found_devices, memory_total};
 use level_zero_sys::*;
+use module::BUILD_FLAGS;
 use std::collections::HashMap;
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::fmt::Display;
 use std::path::Path;
 use std::ptr::{null, null_mut};
@@ -31,166 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tessera_core::{Error, Result};
 use tessera_gpu_kernels::launch::{Args, Config};
-use tessera_gpu_kernels::sources::{cache_key, write_atomically};
-
-const BACKEND: &str = "gaudi";
-/// What `Api::alloc` promises.
-const ALIGN: usize = 256;
-/// SPIR-V carries its OpenCL C version; the driver needs no options.
-const BUILD_FLAGS: &std::ffi::CStr = c"";
-
-/// `"{call} answered {result}"`, with what to do where that is known.
-fn message(r: ze_result_t, call: impl Display) -> String {
-    let hint = match r {
-        ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY => {
-            " (the device is out of memory: lower --memory-utilization or use a smaller model)"
-        }
-        ZE_RESULT_ERROR_DEVICE_LOST => {
-            " (the device was lost: a kernel faulted or the driver reset it)"
-        }
-        _ => "",
-    };
-    format!("{call} answered {}{hint}", result_name(r))
-}
-
-fn ok(r: ze_result_t, call: impl Display) -> std::result::Result<(), String> {
-    if r == ZE_RESULT_SUCCESS {
-        Ok(())
-    } else {
-        Err(message(r, call))
-    }
-}
-
-fn check(r: ze_result_t, call: impl Display) -> Result<()> {
-    ok(r, call).map_err(|m| Error::device(BACKEND, m))
-}
-
-/// `check(ze.zeFoo(args), "zeFoo")`: a call, named in its error.
-macro_rules! ze {
-    ($ze:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        check($ze.$f($($arg),*), stringify!($f))
-    };
-}
-
-/// A zeroed properties struct (valid: integers, arrays, a null pNext) with
-/// the stype ze_api.h names for it, for the driver to fill.
-macro_rules! props {
-    ($t:ty, $stype:expr) => {{
-        // SAFETY: every field of these structs is valid as zero bytes.
-        let mut p: $t = unsafe { std::mem::zeroed() };
-        p.stype = $stype;
-        p
-    }};
-}
-
-/// A Level Zero list query: the count, then that many entries, each
-/// starting as `init`.
-fn query<T: Copy>(
-    init: T,
-    call: &str,
-    mut get: impl FnMut(&mut u32, *mut T) -> ze_result_t,
-) -> std::result::Result<Vec<T>, String> {
-    let mut count = 0u32;
-    ok(get(&mut count, null_mut()), call)?;
-    let mut all = vec![init; count as usize];
-    ok(get(&mut count, all.as_mut_ptr()), call)?;
-    all.truncate(count as usize);
-    Ok(all)
-}
-
-/// A C `char` array up to its NUL, as text.
-fn c_text(chars: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = chars
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// A device of some driver, as `zeDeviceGet` lists them.
-struct Found {
-    driver: ze_driver_handle_t,
-    device: ze_device_handle_t,
-    props: ze_device_properties_t,
-    driver_version: u32,
-}
-
-impl Found {
-    fn description(&self) -> String {
-        let kind = match self.props.type_ {
-            ZE_DEVICE_TYPE_GPU => "GPU",
-            ZE_DEVICE_TYPE_CPU => "CPU",
-            ZE_DEVICE_TYPE_FPGA => "FPGA",
-            ZE_DEVICE_TYPE_MCA => "MCA",
-            ZE_DEVICE_TYPE_VPU => "VPU",
-            _ => "device",
-        };
-        // driverVersion is vendor-encoded; hex shows Intel's fields.
-        let (name, version) = (c_text(&self.props.name), self.driver_version);
-        format!("{name} ({kind}, Level Zero driver {version:#x})")
-    }
-}
-
-// SAFETY (the queries below): handles from the loader, out-pointers to
-// locals, arrays sized by the count the driver gave.
-
-/// Every device of every driver, in order, or why there are none (the
-/// reasons of `level_zero_sys::drivers`, unchanged).
-fn found_devices() -> std::result::Result<(&'static ZeLoader, Vec<Found>), String> {
-    let drivers = level_zero_sys::drivers()?;
-    let ze = level_zero_sys::loader()?;
-    let mut all = vec![];
-    for driver in drivers {
-        let mut dp = props!(ze_driver_properties_t, ZE_STRUCTURE_TYPE_DRIVER_PROPERTIES);
-        ok(
-            unsafe { ze.zeDriverGetProperties(driver, &mut dp) },
-            "zeDriverGetProperties",
-        )?;
-        let devices = query(null_mut(), "zeDeviceGet", |n, p| unsafe {
-            ze.zeDeviceGet(driver, n, p)
-        })?;
-        for device in devices {
-            let mut props = props!(ze_device_properties_t, ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES);
-            ok(
-                unsafe { ze.zeDeviceGetProperties(device, &mut props) },
-                "zeDeviceGetProperties",
-            )?;
-            let driver_version = dp.driverVersion;
-            all.push(Found {
-                driver,
-                device,
-                props,
-                driver_version,
-            });
-        }
-    }
-    if all.is_empty() {
-        return Err("no Level Zero device: the drivers list none".into());
-    }
-    Ok((ze, all))
-}
-
-/// The device's memory, all its memory ordinals together.
-fn memory_total(ze: &ZeLoader, device: ze_device_handle_t) -> std::result::Result<u64, String> {
-    let init = props!(
-        ze_device_memory_properties_t,
-        ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES
-    );
-    let all = query(init, "zeDeviceGetMemoryProperties", |n, p| unsafe {
-        ze.zeDeviceGetMemoryProperties(device, n, p)
-    })?;
-    Ok(all.iter().map(|p| p.totalSize).sum())
-}
-
-/// Every Level Zero device: its description and memory in bytes.
-pub fn devices() -> std::result::Result<Vec<(String, u64)>, String> {
-    let (ze, found) = found_devices()?;
-    found
-        .iter()
-        .map(|f| Ok((f.description(), memory_total(ze, f.device)?)))
-        .collect()
-}
+use tessera_gpu_kernels::sources::cache_key;
 
 struct Kernel {
     handle: ze_kernel_handle_t,
@@ -382,135 +239,6 @@ impl LevelZero {
 
     fn sizes(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
         self.sizes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The cached native binary when it loads, else the module built from
-    /// SPIR-V, whose native binary is then cached (over a stale one).
-    fn load_module(&self, spirv: &[u8], path: &Path) -> Result<ze_module_handle_t> {
-        if let Ok(bin) = std::fs::read(path) {
-            match self.create_module(ZE_MODULE_FORMAT_NATIVE, &bin) {
-                Ok(m) => return Ok(m),
-                Err(e) => tracing::warn!(
-                    "{} did not load ({e}); building the kernels again",
-                    path.display()
-                ),
-            }
-        }
-        let module = self.create_module(ZE_MODULE_FORMAT_IL_SPIRV, spirv)?;
-        let (ze, mut size) = (self.ze, 0usize);
-        let call = "zeModuleGetNativeBinary";
-        // SAFETY: our module; the buffer has the size the first call gave.
-        let bin = ok(
-            unsafe { ze.zeModuleGetNativeBinary(module, &mut size, null_mut()) },
-            call,
-        )
-        .and_then(|()| {
-            let mut bin = vec![0u8; size];
-            ok(
-                unsafe { ze.zeModuleGetNativeBinary(module, &mut size, bin.as_mut_ptr()) },
-                call,
-            )?;
-            bin.truncate(size);
-            Ok(bin)
-        });
-        // A cache that cannot be written only costs a build next time.
-        match bin {
-            Ok(bin) if !bin.is_empty() => {
-                if let Err(e) = write_atomically(path, &bin) {
-                    tracing::warn!("could not cache the kernels in {}: {e}", path.display());
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("kernels not cached: {e}"),
-        }
-        Ok(module)
-    }
-
-    /// A module from SPIR-V or a native binary; a failed build's error
-    /// carries the driver's build log.
-    fn create_module(
-        &self,
-        format: ze_module_format_t,
-        input: &[u8],
-    ) -> Result<ze_module_handle_t> {
-        let desc = ze_module_desc_t {
-            stype: ZE_STRUCTURE_TYPE_MODULE_DESC,
-            pNext: null(),
-            format,
-            inputSize: input.len(),
-            pInputModule: input.as_ptr(),
-            pBuildFlags: BUILD_FLAGS.as_ptr(),
-            pConstants: null(),
-        };
-        let (ze, mut module, mut log) = (self.ze, null_mut(), null_mut());
-        // SAFETY: `desc` points at `input` and a static string, alive for the
-        // call; the build log is read, then destroyed once.
-        let r =
-            unsafe { ze.zeModuleCreate(self.context, self.device, &desc, &mut module, &mut log) };
-        let mut text = String::new();
-        if !log.is_null() {
-            let mut size = 0usize;
-            // SAFETY: as above; the buffer has the size the first call gave.
-            unsafe {
-                if r != ZE_RESULT_SUCCESS
-                    && ze.zeModuleBuildLogGetString(log, &mut size, null_mut()) == ZE_RESULT_SUCCESS
-                {
-                    let mut buf = vec![0; size.max(1)];
-                    if ze.zeModuleBuildLogGetString(log, &mut size, buf.as_mut_ptr())
-                        == ZE_RESULT_SUCCESS
-                    {
-                        text = format!("; build log:\n{}", c_text(&buf).trim());
-                    }
-                }
-                ze.zeModuleBuildLogDestroy(log);
-            }
-        }
-        let what = if format == ZE_MODULE_FORMAT_NATIVE {
-            "native binary"
-        } else {
-            "SPIR-V"
-        };
-        ok(r, format_args!("zeModuleCreate ({what})"))
-            .map_err(|m| Error::device(BACKEND, format!("{m}{text}")))?;
-        if module.is_null() {
-            return Err(Error::device(BACKEND, "zeModuleCreate gave no module"));
-        }
-        Ok(module)
-    }
-
-    fn create_kernel(&self, name: &str) -> Result<Kernel> {
-        let cname =
-            CString::new(name).map_err(|_| Error::invalid(format!("kernel name {name:?}")))?;
-        let desc = ze_kernel_desc_t {
-            stype: ZE_STRUCTURE_TYPE_KERNEL_DESC,
-            pNext: null(),
-            flags: 0,
-            pKernelName: cname.as_ptr(),
-        };
-        let mut handle = null_mut();
-        let mut props = props!(ze_kernel_properties_t, ZE_STRUCTURE_TYPE_KERNEL_PROPERTIES);
-        // SAFETY: our module; `desc` and `props` are locals; the kernel is
-        // destroyed if it is not kept.
-        unsafe {
-            check(
-                self.ze.zeKernelCreate(self.module, &desc, &mut handle),
-                format_args!("zeKernelCreate({name})"),
-            )?;
-            let r = self.ze.zeKernelGetProperties(handle, &mut props);
-            if r != ZE_RESULT_SUCCESS {
-                self.ze.zeKernelDestroy(handle);
-                return Err(Error::device(
-                    BACKEND,
-                    message(r, format_args!("zeKernelGetProperties({name})")),
-                ));
-            }
-        }
-        Ok(Kernel {
-            handle,
-            params: props.numKernelArgs,
-            group: 0,
-            static_local: props.localMemSize,
-        })
     }
 
     /// Appends a command (`append` gets the list), then a barrier: Level
