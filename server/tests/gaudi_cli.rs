@@ -56,33 +56,50 @@ fn tessera_with(args: &[&str], runtime: Option<&str>, env: &[(&str, &str)]) -> O
     c.output().expect("run tessera")
 }
 
-/// Every conformance layer passed on gaudi: the last line says PASS, and
-/// ops, models (the default one included) and the engine all ran.
+/// Every conformance layer passed on gaudi: ops, models (the default one
+/// included) and the engine all ran.
 fn assert_conformance_passed(o: &Output) {
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    common::assert_conformance_passed(
+        o,
+        "gaudi",
+        &[
+            "paged_attention",
+            "transformers logits",
+            "default model",
+            "chunked = whole",
+            "lora mixed batch = alone",
+        ],
     );
-    let summary = out.lines().last().unwrap_or_default();
-    assert!(
-        summary.starts_with("conformance gaudi: ") && summary.ends_with("-> PASS"),
-        "{summary}"
+}
+
+/// `generate --chat --temperature 0` of the capital of France on gaudi
+/// (through OpenCL, with `env`) prints what cpu prints, and names Paris.
+fn assert_answers_like_cpu(env: &[(&str, &str)]) {
+    let q = "What is the capital of France?";
+    let args = |device| {
+        [
+            "generate",
+            "--device",
+            device,
+            "--chat",
+            "--temperature",
+            "0",
+            q,
+        ]
+    };
+    let gaudi = tessera_with(&args("gaudi"), Some("opencl"), env);
+    let cpu = tessera(&args("cpu"), None);
+    let (g, c) = (
+        String::from_utf8_lossy(&gaudi.stdout),
+        String::from_utf8_lossy(&cpu.stdout),
     );
-    for name in [
-        "paged_attention",
-        "transformers logits",
-        "default model",
-        "chunked = whole",
-        "lora mixed batch = alone",
-    ] {
-        assert!(
-            out.lines()
-                .any(|l| l.contains(name) && l.contains(" pass ")),
-            "no passing {name:?} row:\n{out}"
-        );
-    }
+    assert!(
+        gaudi.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gaudi.stderr)
+    );
+    assert!(g.contains("Paris"), "{g}");
+    assert_eq!(g, c, "gaudi ({env:?}) and cpu answers differ");
 }
 
 /// Intel's OpenCL CPU runtime, alone in the ICD loader's list, made to load
@@ -114,42 +131,8 @@ fn gaudi_runs_the_level_zero_spirv_on_intels_opencl_cpu_runtime() {
         Some("opencl"),
         &tiled,
     );
-    let out = String::from_utf8_lossy(&o.stdout);
-    let summary = out.lines().last().unwrap_or_default();
-    assert!(
-        o.status.success() && summary.ends_with("-> PASS"),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        out.lines()
-            .any(|l| l.contains("linear") && l.contains("T=33") && l.contains(" pass ")),
-        "no passing linear row:\n{out}"
-    );
-    let q = "What is the capital of France?";
-    let args = |device| {
-        [
-            "generate",
-            "--device",
-            device,
-            "--chat",
-            "--temperature",
-            "0",
-            q,
-        ]
-    };
-    let gaudi = tessera_with(&args("gaudi"), Some("opencl"), &env);
-    let cpu = tessera(&args("cpu"), None);
-    assert!(
-        gaudi.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gaudi.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&gaudi.stdout),
-        String::from_utf8_lossy(&cpu.stdout),
-        "gaudi (Intel OpenCL, SPIR-V) and cpu answers differ"
-    );
+    common::assert_conformance_passed(&o, "gaudi", &["linear"]);
+    assert_answers_like_cpu(&env);
 }
 
 #[test]
@@ -163,34 +146,9 @@ fn gaudi_passes_every_conformance_layer_on_pocl() {
 
 #[test]
 fn gaudi_answers_the_chat_question_like_the_cpu() {
-    if !have_opencl() {
-        return;
+    if have_opencl() {
+        assert_answers_like_cpu(&[]);
     }
-    let q = "What is the capital of France?";
-    let args = |device| {
-        [
-            "generate",
-            "--device",
-            device,
-            "--chat",
-            "--temperature",
-            "0",
-            q,
-        ]
-    };
-    let gaudi = tessera(&args("gaudi"), Some("opencl"));
-    let cpu = tessera(&args("cpu"), None);
-    let (g, c) = (
-        String::from_utf8_lossy(&gaudi.stdout),
-        String::from_utf8_lossy(&cpu.stdout),
-    );
-    assert!(
-        gaudi.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gaudi.stderr)
-    );
-    assert!(g.contains("Paris"), "{g}");
-    assert_eq!(g, c, "gaudi and cpu answers differ");
 }
 
 #[test]

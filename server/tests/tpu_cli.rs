@@ -27,29 +27,16 @@ fn tessera(args: &[&str], plugin: Option<&str>) -> Output {
 fn tpu_passes_every_conformance_layer_on_the_cpu_plugin() {
     let p = plugin();
     let o = tessera(&["conformance", "--device", "tpu"], Some(&p));
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let summary = out.lines().last().unwrap_or_default();
-    assert!(
-        summary.starts_with("conformance tpu: ") && summary.ends_with("-> PASS"),
-        "{summary}"
-    );
     // LoRA is checked on tpu too (PEFT's logits, the manager in the engine).
-    for name in [
-        "peft logits",
-        "lora mixed batch = alone",
-        "lora 8 adapters on 2 slots",
-    ] {
-        assert!(
-            out.lines()
-                .any(|l| l.contains(name) && l.contains(" pass ")),
-            "no passing {name:?} row:\n{out}"
-        );
-    }
+    common::assert_conformance_passed(
+        &o,
+        "tpu",
+        &[
+            "peft logits",
+            "lora mixed batch = alone",
+            "lora 8 adapters on 2 slots",
+        ],
+    );
 }
 
 #[test]

@@ -103,3 +103,26 @@ pub fn script_output(name: &str) -> String {
 pub fn openai_pythonpath() -> String {
     script_output("install-test-deps.sh")
 }
+
+/// A `tessera conformance --device DEVICE` run passed: it exited 0, its last
+/// line is the PASS summary, and for each of `rows` some passing row names it.
+pub fn assert_conformance_passed(o: &std::process::Output, device: &str, rows: &[&str]) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with(&format!("conformance {device}: ")) && summary.ends_with("-> PASS"),
+        "{summary}"
+    );
+    for name in rows {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(name) && l.contains(" pass ")),
+            "no passing {name:?} row:\n{out}"
+        );
+    }
+}
