@@ -89,17 +89,7 @@ fn assert_answers_like_cpu(env: &[(&str, &str)]) {
     };
     let gaudi = tessera_with(&args("gaudi"), Some("opencl"), env);
     let cpu = tessera(&args("cpu"), None);
-    let (g, c) = (
-        String::from_utf8_lossy(&gaudi.stdout),
-        String::from_utf8_lossy(&cpu.stdout),
-    );
-    assert!(
-        gaudi.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gaudi.stderr)
-    );
-    assert!(g.contains("Paris"), "{g}");
-    assert_eq!(g, c, "gaudi ({env:?}) and cpu answers differ");
+    common::assert_answers_like_cpu(&gaudi, &cpu, &format!("gaudi ({env:?})"));
 }
 
 /// Intel's OpenCL CPU runtime, alone in the ICD loader's list, made to load

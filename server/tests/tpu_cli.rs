@@ -45,17 +45,7 @@ fn tpu_answers_the_chat_question_like_the_cpu() {
     let q = "What is the capital of France?";
     let tpu = tessera(&["generate", "--device", "tpu", "--chat", q], Some(&p));
     let cpu = tessera(&["generate", "--device", "cpu", "--chat", q], None);
-    let (t, c) = (
-        String::from_utf8_lossy(&tpu.stdout),
-        String::from_utf8_lossy(&cpu.stdout),
-    );
-    assert!(
-        tpu.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tpu.stderr)
-    );
-    assert!(t.contains("Paris"), "{t}");
-    assert_eq!(t, c, "tpu and cpu answers differ");
+    common::assert_answers_like_cpu(&tpu, &cpu, "tpu");
 }
 
 #[test]

@@ -21,8 +21,9 @@ pub trait Api: Send + Sync + 'static {
     fn mem_info(&self) -> Result<(u64, u64)>;
     /// A device allocation of `bytes` (at least 1), aligned to at least 16 bytes.
     fn alloc(&self, bytes: usize) -> Result<u64>;
-    /// Frees an allocation of `alloc` once the work queued before it ends.
-    fn free(&self, ptr: u64);
+    /// Frees an allocation of `alloc` of `bytes` once the work queued
+    /// before it ends.
+    fn free(&self, ptr: u64, bytes: usize);
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
     /// Copies to the host and waits for it.
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;

@@ -36,7 +36,7 @@ impl DeviceMemory for GaudiMemory {
 
 impl Drop for GaudiMemory {
     fn drop(&mut self) {
-        self.gpu.api.free(self.ptr);
+        self.gpu.api.free(self.ptr, self.len);
     }
 }
 

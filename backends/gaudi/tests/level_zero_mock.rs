@@ -181,7 +181,7 @@ fn level_zero_runtime_on_a_mock_driver() {
     l.launch("scale", &cfg, &scale(b, a, 2.0)).unwrap();
     l.launch("scale", &cfg, &scale(c, b, 3.0)).unwrap();
     // `a` is in use by queued work: freed at the next host wait.
-    l.free(a);
+    l.free(a, n * 4);
     assert_eq!(l.mem_info().unwrap().0, MEM_TOTAL - 3 * 4000);
     let d = l.alloc(n * 4).unwrap();
     l.copy(c, d, n * 4).unwrap();
@@ -232,11 +232,11 @@ fn level_zero_runtime_on_a_mock_driver() {
     let x = l.alloc(MAX_ALLOC).unwrap();
     let y = l.alloc(MAX_ALLOC - (2 << 20)).unwrap();
     l.fill_zero(y, 1 << 20).unwrap();
-    l.free(y);
+    l.free(y, MAX_ALLOC - (2 << 20));
     let z = l.alloc(4 << 20).unwrap();
     assert_eq!(report.count("out of device memory"), 1);
-    l.free(x);
-    l.free(z);
+    l.free(x, MAX_ALLOC);
+    l.free(z, 4 << 20);
 
     // Dropped with work queued and memory allocated: drained, then torn down.
     l.launch("scale", &cfg, &scale(b, c, 1.0)).unwrap();

@@ -126,3 +126,23 @@ pub fn assert_conformance_passed(o: &std::process::Output, device: &str, rows: &
         );
     }
 }
+
+/// `device` answered the chat question (the capital of France) with Paris,
+/// in exactly the words the cpu backend used.
+pub fn assert_answers_like_cpu(
+    device: &std::process::Output,
+    cpu: &std::process::Output,
+    what: &str,
+) {
+    let (d, c) = (
+        String::from_utf8_lossy(&device.stdout),
+        String::from_utf8_lossy(&cpu.stdout),
+    );
+    assert!(
+        device.status.success(),
+        "{}",
+        String::from_utf8_lossy(&device.stderr)
+    );
+    assert!(d.contains("Paris"), "{d}");
+    assert_eq!(d, c, "{what} and cpu answers differ");
+}

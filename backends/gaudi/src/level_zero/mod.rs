@@ -386,7 +386,8 @@ impl Api for LevelZero {
         Ok(ptr)
     }
 
-    fn free(&self, ptr: u64) {
+    /// The size is known from `sizes`, which `Drop` also needs.
+    fn free(&self, ptr: u64, _bytes: usize) {
         if ptr == 0 {
             return;
         }

@@ -284,7 +284,8 @@ impl Api for OpenCl {
         Ok(p as u64)
     }
 
-    fn free(&self, ptr: u64) {
+    fn free(&self, ptr: u64, bytes: usize) {
+        self.allocated.fetch_sub(bytes as u64, Ordering::Relaxed);
         let p = [ptr as *const c_void];
         // SAFETY: an SVM pointer of ours, freed once, after the queued work.
         let r = unsafe {
